@@ -1,0 +1,51 @@
+//! The one error type of the compressor. The extension maps each variant to a
+//! PostgreSQL SQLSTATE at the SQL boundary (`src/errors.rs`).
+
+use crate::model::GroupId;
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Error {
+    /// A caller-supplied argument is out of range or malformed.
+    InvalidArgument { name: &'static str, reason: String },
+    /// The levels string does not parse or is out of bounds.
+    InvalidLevels(String),
+    /// No state group and no `rooms` row has this room id.
+    UnknownRoom(String),
+    /// The room exists (in `rooms`) but owns no state groups.
+    NoStateGroups(String),
+    /// A planned rewrite failed verification: a bug, never written.
+    Verification { group: GroupId, reason: String },
+    /// The database no longer holds what was just written or planned from.
+    Concurrent { group: GroupId, reason: String },
+    /// The storage layer failed (message from the database).
+    Store(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::InvalidArgument { name, reason } => write!(f, "invalid {name}: {reason}"),
+            Error::InvalidLevels(reason) => write!(f, "invalid levels: {reason}"),
+            Error::UnknownRoom(room) => write!(
+                f,
+                "room {room:?} has no state groups and is not a known room"
+            ),
+            Error::NoStateGroups(room) => write!(f, "room {room:?} has no state groups"),
+            Error::Verification { group, reason } => {
+                write!(f, "verification failed for state group {group}: {reason}")
+            }
+            Error::Concurrent { group, reason } => {
+                write!(
+                    f,
+                    "state group {group} changed during compression: {reason}"
+                )
+            }
+            Error::Store(msg) => write!(f, "storage error: {msg}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}

@@ -1,0 +1,247 @@
+//! An in-memory Synapse state store: the `Store` the property tests compress, and an
+//! oracle that resolves state exactly as Synapse's read query does.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::error::Result;
+use crate::model::{GroupId, RawGroup, StateRow};
+use crate::store::{Chain, Chunk, Rewrite, RoomExtent, Store};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tables {
+    /// `state_groups`: id → room.
+    pub groups: BTreeMap<GroupId, String>,
+    /// `state_group_edges`: group → predecessors (normally at most one).
+    pub edges: BTreeMap<GroupId, Vec<GroupId>>,
+    /// `state_groups_state`: group → rows.
+    pub rows: BTreeMap<GroupId, Vec<StateRow>>,
+    pub rooms: BTreeSet<String>,
+    pub pending_deletion: BTreeSet<GroupId>,
+    pub persisting: BTreeSet<GroupId>,
+}
+
+/// What Synapse's read query returns for a group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resolution {
+    State(BTreeMap<(String, String), String>),
+    /// The recursive query would never end.
+    Cyclic,
+    /// The winning group holds one key twice with different events.
+    Ambiguous,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct MemStore {
+    pub tables: Tables,
+    savepoint: Option<Tables>,
+    /// Counts of calls, for tests that check set-based behaviour.
+    pub writes: usize,
+}
+
+impl MemStore {
+    pub fn insert(&mut self, g: RawGroup) {
+        if let Some(room) = &g.room_id {
+            self.tables.groups.insert(g.id, room.clone());
+            self.tables.rooms.insert(room.clone());
+        }
+        if !g.prevs.is_empty() {
+            self.tables.edges.insert(g.id, g.prevs);
+        }
+        if !g.rows.is_empty() {
+            self.tables.rows.insert(g.id, g.rows);
+        }
+    }
+
+    fn raw(&self, id: GroupId) -> RawGroup {
+        RawGroup {
+            id,
+            room_id: self.tables.groups.get(&id).cloned(),
+            prevs: self.tables.edges.get(&id).cloned().unwrap_or_default(),
+            rows: self.tables.rows.get(&id).cloned().unwrap_or_default(),
+        }
+    }
+
+    fn frozen(&self, id: GroupId) -> bool {
+        self.tables.pending_deletion.contains(&id) || self.tables.persisting.contains(&id)
+    }
+
+    /// Synapse's read: every group reachable over edges; per (type, state_key) the row
+    /// of the highest group id.
+    pub fn resolve(&self, id: GroupId) -> Resolution {
+        // Reachable set, and whether a cycle is reachable (the CTE would not end).
+        let mut reach = BTreeSet::new();
+        let mut on_path = BTreeSet::new();
+        fn visit(
+            t: &Tables,
+            g: GroupId,
+            reach: &mut BTreeSet<GroupId>,
+            on_path: &mut BTreeSet<GroupId>,
+        ) -> bool {
+            if on_path.contains(&g) {
+                return false;
+            }
+            if !reach.insert(g) {
+                return true;
+            }
+            on_path.insert(g);
+            let ok = t
+                .edges
+                .get(&g)
+                .into_iter()
+                .flatten()
+                .all(|&p| visit(t, p, reach, on_path));
+            on_path.remove(&g);
+            ok
+        }
+        if !visit(&self.tables, id, &mut reach, &mut on_path) {
+            return Resolution::Cyclic;
+        }
+        let mut best: BTreeMap<(String, String), (GroupId, BTreeSet<String>)> = BTreeMap::new();
+        for &g in &reach {
+            for r in self.tables.rows.get(&g).into_iter().flatten() {
+                let key = (r.event_type.clone(), r.state_key.clone());
+                let e = best.entry(key).or_insert((g, BTreeSet::new()));
+                if g > e.0 {
+                    *e = (g, BTreeSet::new());
+                }
+                if g == e.0 {
+                    e.1.insert(r.event_id.clone());
+                }
+            }
+        }
+        let mut out = BTreeMap::new();
+        for (k, (_, events)) in best {
+            if events.len() > 1 {
+                return Resolution::Ambiguous;
+            }
+            out.insert(k, events.into_iter().next().expect("one event"));
+        }
+        Resolution::State(out)
+    }
+
+    /// Hops from a group to the end of its stored chain (`None` if not a simple chain).
+    pub fn depth(&self, id: GroupId) -> Option<u32> {
+        let mut d = 0;
+        let mut cur = id;
+        while let Some(prevs) = self.tables.edges.get(&cur) {
+            match prevs.as_slice() {
+                [p] if *p < cur => {
+                    cur = *p;
+                    d += 1;
+                }
+                _ => return None,
+            }
+        }
+        Some(d)
+    }
+}
+
+impl Store for MemStore {
+    fn room_extent(&mut self, room: &str) -> Result<RoomExtent> {
+        let max = self
+            .tables
+            .groups
+            .iter()
+            .filter(|(_, r)| r.as_str() == room)
+            .map(|(id, _)| *id)
+            .max();
+        Ok(match max {
+            Some(max_id) => RoomExtent::Groups { max_id },
+            None if self.tables.rooms.contains(room) => RoomExtent::NoGroups,
+            None => RoomExtent::Unknown,
+        })
+    }
+
+    fn count_groups(&mut self, room: &str, after: GroupId, upto: GroupId) -> Result<u64> {
+        Ok(self
+            .tables
+            .groups
+            .range(after + 1..=upto)
+            .filter(|(_, r)| r.as_str() == room)
+            .count() as u64)
+    }
+
+    fn load_chunk(
+        &mut self,
+        room: &str,
+        after: GroupId,
+        upto: GroupId,
+        limit: usize,
+    ) -> Result<Chunk> {
+        let ids: Vec<GroupId> = self
+            .tables
+            .groups
+            .range(after + 1..=upto)
+            .filter(|(_, r)| r.as_str() == room)
+            .map(|(id, _)| *id)
+            .take(limit)
+            .collect();
+        let frozen = ids.iter().copied().filter(|&id| self.frozen(id)).collect();
+        Ok(Chunk {
+            groups: ids.into_iter().map(|id| self.raw(id)).collect(),
+            frozen,
+        })
+    }
+
+    fn load_chain(&mut self, group: GroupId, max_hops: usize) -> Result<Chain> {
+        let mut groups = Vec::new();
+        let mut seen = BTreeSet::new();
+        let mut cur = group;
+        loop {
+            let g = self.raw(cur);
+            let next = match g.prevs.as_slice() {
+                [p] => Some(*p),
+                _ => None,
+            };
+            groups.push(g);
+            seen.insert(cur);
+            match next {
+                Some(p) if !seen.contains(&p) && groups.len() <= max_hops => cur = p,
+                _ => break,
+            }
+        }
+        Ok(Chain {
+            groups,
+            head_frozen: self.frozen(group),
+        })
+    }
+
+    fn write_chunk(&mut self, _room: &str, rewrites: &[Rewrite]) -> Result<()> {
+        self.writes += 1;
+        for r in rewrites {
+            match r.prev {
+                Some(p) => self.tables.edges.insert(r.group, vec![p]),
+                None => self.tables.edges.remove(&r.group),
+            };
+            if r.rows.is_empty() {
+                self.tables.rows.remove(&r.group);
+            } else {
+                // Rows are a set in the database; keep them sorted so stores compare.
+                let mut rows = r.rows.clone();
+                rows.sort();
+                self.tables.rows.insert(r.group, rows);
+            }
+        }
+        Ok(())
+    }
+
+    fn read_back(&mut self, groups: &[GroupId]) -> Result<Vec<RawGroup>> {
+        Ok(groups.iter().map(|&id| self.raw(id)).collect())
+    }
+
+    fn begin_atomic(&mut self) -> Result<()> {
+        self.savepoint = Some(self.tables.clone());
+        Ok(())
+    }
+
+    fn end_atomic(&mut self, keep: bool) -> Result<()> {
+        let saved = self
+            .savepoint
+            .take()
+            .expect("end_atomic after begin_atomic");
+        if !keep {
+            self.tables = saved;
+        }
+        Ok(())
+    }
+}

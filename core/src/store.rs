@@ -1,0 +1,73 @@
+//! What the engine needs from a database, as a trait: the extension implements it over
+//! SPI (`src/store.rs`), `memstore` in memory for tests.
+//!
+//! Every method reads or writes *stored* data as Synapse's own read query sees it;
+//! the engine never assumes more than this trait says.
+
+use crate::error::Result;
+use crate::hash::FxHashSet;
+use crate::model::{GroupId, RawGroup, StateRow};
+
+/// What the database knows of a room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoomExtent {
+    /// Neither state groups nor a `rooms` row (where that table exists).
+    Unknown,
+    /// A `rooms` row, but no state groups.
+    NoGroups,
+    /// `max_id`: the newest group now; a run leaves alone groups created after it.
+    Groups { max_id: GroupId },
+}
+
+/// A run of a room's groups in ascending id order, with edges and rows.
+#[derive(Clone, Debug, Default)]
+pub struct Chunk {
+    pub groups: Vec<RawGroup>,
+    /// Groups that must be neither rewritten nor chosen as a predecessor: pending
+    /// deletion (Synapse may delete them any minute) or being persisted.
+    pub frozen: FxHashSet<GroupId>,
+}
+
+/// The stored predecessor chain of one group, the group first, following
+/// `state_group_edges` while each group has exactly one edge. Stops early (and the
+/// engine reports it) on a repeated group, several edges, or `max_hops` exceeded.
+#[derive(Clone, Debug, Default)]
+pub struct Chain {
+    pub groups: Vec<RawGroup>,
+    /// The first group is pending deletion or being persisted.
+    pub head_frozen: bool,
+}
+
+/// The new edge and rows of one rewritten group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rewrite {
+    pub group: GroupId,
+    pub prev: Option<GroupId>,
+    pub rows: Vec<StateRow>,
+}
+
+pub trait Store {
+    fn room_extent(&mut self, room: &str) -> Result<RoomExtent>;
+    /// How many of the room's groups have `after < id <= upto`.
+    fn count_groups(&mut self, room: &str, after: GroupId, upto: GroupId) -> Result<u64>;
+    /// Up to `limit` of the room's groups with `after < id <= upto`, ascending. An
+    /// implementation beside a live Synapse locks them here, before reading them.
+    fn load_chunk(
+        &mut self,
+        room: &str,
+        after: GroupId,
+        upto: GroupId,
+        limit: usize,
+    ) -> Result<Chunk>;
+    fn load_chain(&mut self, group: GroupId, max_hops: usize) -> Result<Chain>;
+    /// Replace the edge and rows of each rewritten group, set-based.
+    fn write_chunk(&mut self, room: &str, rewrites: &[Rewrite]) -> Result<()>;
+    /// The edges and rows stored now for `groups` (to check a write landed as planned).
+    fn read_back(&mut self, groups: &[GroupId]) -> Result<Vec<RawGroup>>;
+    /// Start a unit whose writes can be undone as a whole (a subtransaction).
+    fn begin_atomic(&mut self) -> Result<()>;
+    /// End the unit: keep its writes, or undo them all.
+    fn end_atomic(&mut self, keep: bool) -> Result<()>;
+    /// Give the database a chance to cancel a long run (query cancel, statement_timeout).
+    fn check_interrupts(&mut self) {}
+}

@@ -1,0 +1,135 @@
+//! Shared by the integration tests: tiny room builders and the invariant checker.
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+
+use synapse_compress_core::engine::{self, Options, Summary};
+use synapse_compress_core::memstore::{MemStore, Resolution};
+use synapse_compress_core::{GroupId, LevelSpec, RawGroup, StateRow};
+
+pub fn row(t: &str, k: &str, e: &str) -> StateRow {
+    StateRow::new(t, k, e)
+}
+
+pub fn group(id: GroupId, room: &str, prev: Option<GroupId>, rows: Vec<StateRow>) -> RawGroup {
+    RawGroup {
+        id,
+        room_id: Some(room.to_owned()),
+        prevs: prev.into_iter().collect(),
+        rows,
+    }
+}
+
+/// A room written the way Synapse writes it: each group adds one member event on the
+/// previous group; every 100 hops a full snapshot.
+pub fn linear_room(store: &mut MemStore, room: &str, first_id: GroupId, n: usize) -> Vec<GroupId> {
+    let mut state: Vec<StateRow> = vec![row("m.room.create", "", &format!("$create{room}"))];
+    let mut chain = 0;
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let id = first_id + i as GroupId;
+        let new = row(
+            "m.room.member",
+            &format!("@u{}:hs", i % 37),
+            &format!("$e{room}{i}"),
+        );
+        state.retain(|r| !(r.event_type == new.event_type && r.state_key == new.state_key));
+        state.push(new.clone());
+        let g = if i == 0 || chain >= 100 {
+            chain = 1;
+            group(id, room, None, state.clone())
+        } else {
+            chain += 1;
+            group(id, room, Some(id - 1), vec![new])
+        };
+        store.insert(g);
+        ids.push(id);
+    }
+    ids
+}
+
+pub fn opts(levels: &str, chunk: usize) -> Options {
+    Options {
+        levels: LevelSpec::parse(levels).unwrap(),
+        chunk_size: chunk,
+        dry_run: false,
+        after_group: None,
+        max_groups: None,
+    }
+}
+
+pub fn compress(store: &mut MemStore, room: &str, o: Options) -> Summary {
+    engine::compress_room(store, room, o, 0, &mut |_, _| {}).expect("compress")
+}
+
+/// Every id the tables mention anywhere.
+pub fn all_ids(s: &MemStore) -> BTreeSet<GroupId> {
+    let t = &s.tables;
+    t.groups
+        .keys()
+        .chain(t.edges.keys())
+        .chain(t.rows.keys())
+        .copied()
+        .collect()
+}
+
+fn keys(r: &Resolution) -> BTreeSet<(String, String)> {
+    match r {
+        Resolution::State(m) => m.keys().cloned().collect(),
+        _ => BTreeSet::new(),
+    }
+}
+
+/// The correctness contract: every group resolves as before (Synapse's semantics);
+/// every changed group has a lower predecessor whose keys are a subset of its own and
+/// a chain within `max_hops`; frozen groups are untouched.
+pub fn check_invariants(before: &MemStore, after: &MemStore, max_hops: u32) {
+    assert_eq!(
+        before.tables.groups, after.tables.groups,
+        "groups were added or removed"
+    );
+    for id in all_ids(before) {
+        let (rb, ra) = (before.resolve(id), after.resolve(id));
+        assert_eq!(rb, ra, "state of group {id} changed");
+        let changed = before.tables.edges.get(&id) != after.tables.edges.get(&id)
+            || before.tables.rows.get(&id) != after.tables.rows.get(&id);
+        if !changed {
+            continue;
+        }
+        assert!(
+            !before.tables.pending_deletion.contains(&id)
+                && !before.tables.persisting.contains(&id),
+            "frozen group {id} was rewritten"
+        );
+        let prevs = after.tables.edges.get(&id).cloned().unwrap_or_default();
+        assert!(
+            prevs.len() <= 1,
+            "group {id} got {} predecessors",
+            prevs.len()
+        );
+        if let Some(&p) = prevs.first() {
+            assert!(p < id, "group {id} got higher predecessor {p}");
+            assert!(
+                after.tables.groups.contains_key(&p),
+                "group {id} based on missing {p}"
+            );
+            assert!(
+                !after.tables.pending_deletion.contains(&p),
+                "group {id} based on doomed {p}"
+            );
+            assert!(
+                keys(&after.resolve(p)).is_subset(&keys(&ra)),
+                "group {id}: base keys not a subset"
+            );
+        }
+        let d = after.depth(id).expect("rewritten group has a simple chain");
+        assert!(
+            d <= max_hops,
+            "group {id} has a chain of {d} hops > {max_hops}"
+        );
+    }
+}
+
+pub fn total_rows(s: &MemStore) -> usize {
+    s.tables.rows.values().map(Vec::len).sum()
+}

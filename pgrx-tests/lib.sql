@@ -1,0 +1,119 @@
+-- Test helpers, loaded into each end-to-end test database (schema sc_test).
+-- They read state exactly as Synapse does: recursive walk of state_group_edges,
+-- then per (type, state_key) the row of the highest state_group wins.
+CREATE SCHEMA sc_test;
+
+-- Resolved state of every group, as a fingerprint (count + md5 of sorted rows).
+CREATE FUNCTION sc_test.fingerprints() RETURNS TABLE (state_group bigint, n bigint, digest text)
+LANGUAGE sql AS $$
+  WITH RECURSIVE sgs(state_group, root, hops) AS (
+      SELECT id, id, 0 FROM state_groups
+    UNION ALL
+      SELECT e.prev_state_group, s.root, s.hops + 1
+      FROM state_group_edges e JOIN sgs s ON e.state_group = s.state_group
+      WHERE s.hops < 1000
+  ), resolved AS (
+    SELECT DISTINCT ON (s.root, ss.type, ss.state_key) s.root, ss.type, ss.state_key, ss.event_id
+    FROM sgs s JOIN state_groups_state ss ON ss.state_group = s.state_group
+    ORDER BY s.root, ss.type, ss.state_key, ss.state_group DESC
+  )
+  SELECT root, count(*), md5(string_agg(type || E'\x1f' || state_key || E'\x1f' || event_id, E'\x1e'
+                                        ORDER BY type, state_key))
+  FROM resolved GROUP BY root
+$$;
+
+-- A digest of the raw tables: equal digests mean nothing was written.
+CREATE FUNCTION sc_test.raw_digest() RETURNS text LANGUAGE sql AS $$
+  SELECT md5(
+    (SELECT coalesce(string_agg(state_group || '>' || prev_state_group, ',' ORDER BY state_group, prev_state_group), '')
+       FROM state_group_edges) || '|' ||
+    (SELECT coalesce(string_agg(concat_ws(E'\x1f', state_group, room_id, type, state_key, event_id), E'\x1e'
+                                ORDER BY state_group, type, state_key, event_id), '')
+       FROM state_groups_state) || '|' ||
+    (SELECT coalesce(string_agg(id || room_id, ',' ORDER BY id), '') FROM state_groups))
+$$;
+
+CREATE TABLE sc_test.before (state_group bigint PRIMARY KEY, n bigint, digest text);
+
+CREATE PROCEDURE sc_test.snapshot() LANGUAGE sql AS $$
+  TRUNCATE sc_test.before;
+  INSERT INTO sc_test.before SELECT * FROM sc_test.fingerprints();
+$$;
+
+-- Every group resolves as at the last snapshot.
+CREATE PROCEDURE sc_test.assert_same_state() LANGUAGE plpgsql AS $$
+DECLARE bad bigint; example bigint;
+BEGIN
+  SELECT count(*), min(coalesce(b.state_group, a.state_group)) INTO bad, example
+  FROM sc_test.before b FULL JOIN sc_test.fingerprints() a USING (state_group)
+  WHERE b.digest IS DISTINCT FROM a.digest;
+  IF bad > 0 THEN
+    RAISE EXCEPTION 'resolved state changed for % groups (e.g. %)', bad, example;
+  END IF;
+END $$;
+
+-- The tree is well formed: at most one predecessor, lower id, its keys a subset of
+-- the group's keys, chains within max_hops.
+CREATE PROCEDURE sc_test.assert_tree(max_hops int) LANGUAGE plpgsql AS $$
+DECLARE n bigint;
+BEGIN
+  SELECT count(*) INTO n FROM (SELECT state_group FROM state_group_edges GROUP BY 1 HAVING count(*) > 1) x;
+  IF n > 0 THEN RAISE EXCEPTION '% groups have several predecessors', n; END IF;
+  SELECT count(*) INTO n FROM state_group_edges WHERE prev_state_group >= state_group;
+  IF n > 0 THEN RAISE EXCEPTION '% edges point to a higher or equal id', n; END IF;
+  WITH RECURSIVE sgs(state_group, root, hops) AS (
+      SELECT id, id, 0 FROM state_groups
+    UNION ALL
+      SELECT e.prev_state_group, s.root, s.hops + 1
+      FROM state_group_edges e JOIN sgs s ON e.state_group = s.state_group WHERE s.hops <= max_hops
+  ) SELECT count(DISTINCT root) INTO n FROM sgs WHERE hops > max_hops;
+  IF n > 0 THEN RAISE EXCEPTION '% groups have chains longer than % hops', n, max_hops; END IF;
+  CREATE TEMP TABLE keys_now ON COMMIT DROP AS
+    WITH RECURSIVE sgs(state_group, root) AS (
+        SELECT id, id FROM state_groups
+      UNION ALL
+        SELECT e.prev_state_group, s.root FROM state_group_edges e JOIN sgs s ON e.state_group = s.state_group
+    ) SELECT DISTINCT s.root, ss.type, ss.state_key
+      FROM sgs s JOIN state_groups_state ss ON ss.state_group = s.state_group;
+  CREATE INDEX ON keys_now (root, type, state_key);
+  SELECT count(*) INTO n FROM state_group_edges e JOIN keys_now p ON p.root = e.prev_state_group
+  WHERE NOT EXISTS (SELECT 1 FROM keys_now g WHERE g.root = e.state_group AND g.type = p.type AND g.state_key = p.state_key);
+  DROP TABLE keys_now;
+  IF n > 0 THEN RAISE EXCEPTION '% predecessor keys are missing from their groups', n; END IF;
+END $$;
+
+-- Run `sql`; it must fail with SQLSTATE `code` and (our errors) carry a hint.
+CREATE PROCEDURE sc_test.assert_error(sql text, code text, need_hint boolean DEFAULT true) LANGUAGE plpgsql AS $$
+DECLARE got text; hint text; msg text;
+BEGIN
+  BEGIN
+    EXECUTE sql;
+  EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS got = RETURNED_SQLSTATE, hint = PG_EXCEPTION_HINT, msg = MESSAGE_TEXT;
+    IF got <> code THEN
+      RAISE EXCEPTION 'expected SQLSTATE % from %, got %: %', code, sql, got, msg;
+    END IF;
+    IF coalesce(hint, '') = '' AND need_hint THEN
+      RAISE EXCEPTION 'error from % has no hint: %', sql, msg;
+    END IF;
+    RETURN;
+  END;
+  RAISE EXCEPTION 'expected SQLSTATE % from %, but it succeeded', code, sql;
+END $$;
+
+CREATE FUNCTION sc_test.rows_total() RETURNS bigint LANGUAGE sql AS $$ SELECT count(*) FROM state_groups_state $$;
+
+CREATE FUNCTION sc_test.check(ok boolean, what text) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+  IF ok IS NOT TRUE THEN RAISE EXCEPTION 'check failed: %', what; END IF;
+END $$;
+
+-- Compress every room; one result row per room.
+CREATE FUNCTION sc_test.compress_all(dry boolean DEFAULT false, lv text DEFAULT '100,50,25')
+RETURNS TABLE (room_id text, state_groups bigint, groups_changed bigint, groups_skipped bigint,
+               rows_before bigint, rows_after bigint, forced_snapshots bigint, max_chain_after int,
+               dry_run boolean, written boolean, elapsed_ms bigint)
+LANGUAGE sql AS $$
+  SELECT c.* FROM (SELECT DISTINCT room_id FROM state_groups) r,
+         LATERAL compress_room(r.room_id, levels => lv, dry_run => dry) c
+$$;

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# End-to-end suite: a real PostgreSQL 15 cluster, the genuine Synapse schema, the
+# installed extension, data from the project's generator.
+#
+# Each case is pgrx-tests/cases/NAME.sql, run by psql with ON_ERROR_STOP in a fresh
+# database. Header lines configure it:
+#   -- data: ARGS      generator arguments (synapse-compress-gen ARGS | psql), repeatable
+# A case passes when psql exits 0. Prints "N passed, N failed" last.
+set -uo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+DIR=${E2E_DIR:-/tmp/synapse_compress/e2e}
+PORT=${E2E_PORT:-55432}
+GEN="$ROOT/target/release/synapse-compress-gen"
+LOGS=/tmp/synapse_compress/e2e-logs
+mkdir -p /tmp/synapse_compress "$LOGS"
+chmod a+rx /tmp/synapse_compress
+
+bash scripts/cluster.sh start "$DIR" "$PORT" >/dev/null || exit 1
+eval "$(bash scripts/cluster.sh env "$DIR" "$PORT")"
+trap 'bash scripts/cluster.sh stop "$DIR" >/dev/null 2>&1' EXIT
+
+passed=0 failed=0 failures=()
+filter=${1:-}
+for case in pgrx-tests/cases/*.sql; do
+    name=$(basename "$case" .sql)
+    [ -n "$filter" ] && [[ "$name" != *"$filter"* ]] && continue
+    db="e2e_${name}"
+    log="$LOGS/$name.log"
+    start=$(date +%s%N)
+    {
+        bash scripts/cluster.sh createdb "$DIR" "$PORT" "$db" >/dev/null &&
+        psql -X -q -v ON_ERROR_STOP=1 -d "$db" -c "CREATE EXTENSION synapse_compress" -f pgrx-tests/lib.sql &&
+        { sed -n 's/^-- data: //p' "$case" | while read -r args; do
+              # shellcheck disable=SC2086
+              "$GEN" $args | psql -X -q -v ON_ERROR_STOP=1 -d "$db" >/dev/null || exit 1
+          done; } &&
+        psql -X -q -d "$db" -c "VACUUM ANALYZE" &&
+        psql -X -v ON_ERROR_STOP=1 -d "$db" -f "$case"
+    } >"$log" 2>&1
+    rc=$?
+    secs=$(( ($(date +%s%N) - start) / 1000000000 ))
+    if [ $rc -eq 0 ]; then
+        passed=$((passed + 1)); echo "ok     $name (${secs}s)"
+    else
+        failed=$((failed + 1)); failures+=("$name"); echo "FAILED $name (${secs}s), log: $log"
+        tail -n 15 "$log" | sed 's/^/    /'
+    fi
+    psql -X -q -d postgres -c "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1
+done
+echo "e2e: $passed passed, $failed failed"
+[ $failed -eq 0 ]

@@ -1,0 +1,154 @@
+//! SQL-callable functions. Each one checks its input, then hands the work to the
+//! core engine with an SPI store; see `sql/finalize.sql` for grants and comments.
+
+use std::time::{Duration, Instant};
+
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+use synapse_compress_core::engine::{self, NotWritten, Options};
+use synapse_compress_core::planner::SkipReason;
+use synapse_compress_core::{Error, LevelSpec};
+
+use crate::errors::{raise, report, required};
+use crate::gucs;
+use crate::store::SpiStore;
+
+/// Compress one room's state groups in the caller's transaction; see the COMMENT.
+// pgrx needs the row type spelled out in place (no alias), hence the allow.
+#[allow(clippy::type_complexity)]
+#[pg_extern(volatile, parallel_unsafe)]
+fn compress_room(
+    room_id: Option<&str>,
+    levels: default!(Option<&str>, "'100,50,25'"),
+    dry_run: default!(Option<bool>, false),
+    min_saved_rows: default!(Option<i64>, 0),
+    after_group: default!(Option<i64>, "NULL"),
+    max_groups: default!(Option<i64>, "NULL"),
+) -> TableIterator<
+    'static,
+    (
+        name!(room_id, String),
+        name!(state_groups, i64),
+        name!(groups_changed, i64),
+        name!(groups_skipped, i64),
+        name!(rows_before, i64),
+        name!(rows_after, i64),
+        name!(forced_snapshots, i64),
+        name!(max_chain_after, i32),
+        name!(dry_run, bool),
+        name!(written, bool),
+        name!(elapsed_ms, i64),
+    ),
+> {
+    let room = required(room_id, "room_id");
+    let levels = LevelSpec::parse(required(levels, "levels")).unwrap_or_else(|e| raise(e));
+    let dry_run = required(dry_run, "dry_run");
+    let min_saved_rows = required(min_saved_rows, "min_saved_rows");
+    if room.is_empty() {
+        raise(Error::InvalidArgument {
+            name: "room_id",
+            reason: "it is empty".into(),
+        });
+    }
+    let opts = Options {
+        levels,
+        chunk_size: gucs::CHUNK_SIZE.get() as usize,
+        dry_run,
+        after_group,
+        max_groups,
+    };
+    opts.validate().unwrap_or_else(|e| raise(e));
+    if min_saved_rows < 0 {
+        raise(Error::InvalidArgument {
+            name: "min_saved_rows",
+            reason: format!("{min_saved_rows} is negative"),
+        });
+    }
+
+    let summary = Spi::connect_mut(|client| {
+        if !dry_run {
+            lock_room(client, room);
+        }
+        let mut store =
+            SpiStore::new(client, !dry_run).unwrap_or_else(|e| raise(Error::Store(e.to_string())));
+        let interval = Duration::from_secs(gucs::PROGRESS_INTERVAL.get() as u64);
+        let mut last_notice = Instant::now();
+        let mut on_chunk = |run: &engine::Run, chunk: &engine::ChunkReport| {
+            for (group, reason) in chunk.skipped.iter().take(3) {
+                let why = match reason {
+                    SkipReason::Frozen => "pending deletion or being persisted".to_string(),
+                    SkipReason::Broken(why) => why.clone(),
+                };
+                notice!("compress_room {room}: state group {group} left unchanged: {why}");
+            }
+            if chunk.skipped.len() > 3 {
+                notice!(
+                    "compress_room {room}: {} more groups left unchanged in this chunk",
+                    chunk.skipped.len() - 3
+                );
+            }
+            if last_notice.elapsed() >= interval {
+                last_notice = Instant::now();
+                let s = run.summary();
+                notice!(
+                    "compress_room {room}: {}/{} groups, {} changed, rows {} -> {}",
+                    s.state_groups,
+                    run.total(),
+                    s.groups_changed,
+                    s.rows_before,
+                    s.rows_after
+                );
+            }
+        };
+        engine::compress_room(&mut store, room, opts, min_saved_rows, &mut on_chunk)
+    })
+    .unwrap_or_else(|e| raise(e));
+
+    match &summary.not_written {
+        None | Some(NotWritten::DryRun) => {}
+        Some(NotWritten::NothingToChange) => {
+            notice!("compress_room {room}: already compressed, nothing written")
+        }
+        Some(NotWritten::WouldNotSave { saved }) => {
+            notice!("compress_room {room}: nothing written, the rewrite would save {saved} rows")
+        }
+        Some(NotWritten::BelowMinimum { saved, minimum }) => {
+            notice!("compress_room {room}: nothing written, {saved} rows saved is below min_saved_rows {minimum}")
+        }
+    }
+    let s = summary;
+    TableIterator::once((
+        s.room_id,
+        s.state_groups as i64,
+        s.groups_changed as i64,
+        s.groups_skipped as i64,
+        s.rows_before as i64,
+        s.rows_after as i64,
+        s.forced_snapshots as i64,
+        s.max_chain_after as i32,
+        s.dry_run,
+        s.written,
+        s.elapsed_ms as i64,
+    ))
+}
+
+/// One rewrite of a room at a time (sessions and the worker): a transaction-level
+/// advisory lock, taken without waiting so a second caller learns at once.
+fn lock_room(client: &mut pgrx::spi::SpiClient<'_>, room: &str) {
+    let got = client
+        .update(
+            "SELECT pg_try_advisory_xact_lock(hashtext('synapse_compress'), hashtext($1))",
+            None,
+            &[room.into()],
+        )
+        .and_then(|t| t.first().get_one::<bool>())
+        .unwrap_or_else(|e| raise(Error::Store(e.to_string())));
+    if got != Some(true) {
+        report(
+            PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE,
+            format!("room {room:?} is being compressed by another session"),
+            "Wait for the other compress_room (or the background worker) to commit, then retry."
+                .into(),
+        );
+    }
+}

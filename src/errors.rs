@@ -1,0 +1,58 @@
+//! The SQL boundary for errors: each core error becomes a PostgreSQL ERROR with a
+//! SQLSTATE a client can act on and a hint a human can.
+
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::{PgLogLevel, PgSqlErrorCode};
+use synapse_compress_core::Error;
+
+/// Raise `err` as an ERROR. Never returns; the transaction (and any write) aborts.
+pub fn raise(err: Error) -> ! {
+    let (code, hint) = match &err {
+        Error::InvalidArgument { name, .. } => (
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("Pass a valid {name}; see COMMENT ON FUNCTION compress_room."),
+        ),
+        Error::InvalidLevels(_) => (
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "Levels are comma-separated chain lengths, finest first, each 1-10000, at most 10 of them, e.g. '100,50,25'.".into(),
+        ),
+        Error::UnknownRoom(_) => (
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            "Room ids look like '!abc:example.org'; list rooms with: SELECT room_id, count(*) FROM state_groups GROUP BY 1 ORDER BY 2 DESC.".into(),
+        ),
+        Error::NoStateGroups(_) => (
+            PgSqlErrorCode::ERRCODE_NO_DATA_FOUND,
+            "The room has no state to compress (it may have been purged).".into(),
+        ),
+        Error::Verification { .. } => (
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            "Nothing was written. This is a bug in synapse_compress: please report it with this message.".into(),
+        ),
+        Error::Concurrent { .. } => (
+            PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
+            "Something else changed the room's state groups meanwhile; nothing was written. Retry.".into(),
+        ),
+        Error::Store(_) => (PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "Nothing was written.".into()),
+    };
+    report(code, err.to_string(), hint)
+}
+
+/// Raise an ERROR with a given SQLSTATE and hint.
+pub fn report(code: PgSqlErrorCode, message: String, hint: String) -> ! {
+    ErrorReport::new(code, message, "synapse_compress")
+        .set_hint(hint)
+        .report(PgLogLevel::ERROR);
+    unreachable!("ERROR does not return")
+}
+
+/// Reject a NULL argument the way PostgreSQL's own functions do.
+pub fn required<T>(value: Option<T>, name: &str) -> T {
+    match value {
+        Some(v) => v,
+        None => report(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            format!("{name} must not be NULL"),
+            format!("Pass a value for {name}, or leave it out to use its default."),
+        ),
+    }
+}

@@ -1,0 +1,338 @@
+//! The core's `Store` over SPI: Synapse's state tables, read in bounded chunks, locked
+//! the way Synapse's own transactions expect, and rewritten with set-based statements.
+//!
+//! Every statement is a constant string with bound parameters: no SQL text is ever
+//! built from a room id or any other input.
+
+use pgrx::datum::DatumWithOid;
+use pgrx::spi::{SpiClient, SpiCursor, SpiResult, SpiTupleTable};
+use synapse_compress_core::hash::{FxHashMap, FxHashSet};
+use synapse_compress_core::store::{Chain, Chunk, Rewrite, RoomExtent, Store};
+use synapse_compress_core::{Error, GroupId, RawGroup, Result, StateRow};
+
+use crate::subxact::SubTransaction;
+
+pub struct SpiStore<'a, 'conn> {
+    client: &'a mut SpiClient<'conn>,
+    /// Lock what is read (off for dry runs, which must not block Synapse).
+    lock: bool,
+    /// Synapse >= 1.124 tables; absent on older schemas.
+    has_deletion_tables: bool,
+    /// The open scan of the room's group ids, and the id it has reached.
+    scan: Option<(SpiCursor<'conn>, GroupId)>,
+    subxact: Option<SubTransaction>,
+}
+
+fn spi(e: pgrx::spi::SpiError) -> Error {
+    Error::Store(e.to_string())
+}
+
+const LOAD_EDGES: &str =
+    "SELECT state_group, prev_state_group FROM state_group_edges WHERE state_group = ANY($1)";
+const LOAD_ROWS: &str = "SELECT state_group, type, state_key, event_id \
+     FROM state_groups_state WHERE state_group = ANY($1)";
+const LOAD_ROOMS: &str = "SELECT id, room_id FROM state_groups WHERE id = ANY($1)";
+const LOAD_FROZEN: &str =
+    "SELECT state_group FROM state_groups_pending_deletion WHERE state_group = ANY($1) \
+     UNION SELECT state_group FROM state_groups_persisting WHERE state_group = ANY($1)";
+
+impl<'a, 'conn> SpiStore<'a, 'conn> {
+    pub fn new(client: &'a mut SpiClient<'conn>, lock: bool) -> SpiResult<Self> {
+        let has_deletion_tables = client
+            .select(
+                "SELECT to_regclass('state_groups_pending_deletion') IS NOT NULL \
+                    AND to_regclass('state_groups_persisting') IS NOT NULL",
+                None,
+                &[],
+            )?
+            .first()
+            .get_one::<bool>()?
+            .unwrap_or(false);
+        Ok(SpiStore {
+            client,
+            lock,
+            has_deletion_tables,
+            scan: None,
+            subxact: None,
+        })
+    }
+
+    fn select(&self, sql: &str, args: &[DatumWithOid]) -> Result<SpiTupleTable<'conn>> {
+        self.client.select(sql, None, args).map_err(spi)
+    }
+
+    fn update(&mut self, sql: &str, args: &[DatumWithOid]) -> Result<()> {
+        self.client.update(sql, None, args).map_err(spi).map(|_| ())
+    }
+
+    fn ids(&self, sql: &str, args: &[DatumWithOid]) -> Result<Vec<GroupId>> {
+        let mut out = Vec::new();
+        for row in self.select(sql, args)? {
+            out.extend(row.get::<i64>(1).map_err(spi)?);
+        }
+        Ok(out)
+    }
+
+    fn frozen(&self, ids: &[GroupId]) -> Result<FxHashSet<GroupId>> {
+        if !self.has_deletion_tables || ids.is_empty() {
+            return Ok(FxHashSet::default());
+        }
+        Ok(self
+            .ids(LOAD_FROZEN, &[ids.to_vec().into()])?
+            .into_iter()
+            .collect())
+    }
+
+    /// Edges, rows and room of each id, in the order given (three set-based reads).
+    fn load_groups(&self, ids: &[GroupId]) -> Result<Vec<RawGroup>> {
+        let mut groups: FxHashMap<GroupId, RawGroup> = ids
+            .iter()
+            .map(|&id| {
+                (
+                    id,
+                    RawGroup {
+                        id,
+                        room_id: None,
+                        prevs: vec![],
+                        rows: vec![],
+                    },
+                )
+            })
+            .collect();
+        let arg = || -> [DatumWithOid; 1] { [ids.to_vec().into()] };
+        for row in self.select(LOAD_ROOMS, &arg())? {
+            let id: GroupId = row.get(1).map_err(spi)?.unwrap_or_default();
+            if let Some(g) = groups.get_mut(&id) {
+                g.room_id = row.get::<String>(2).map_err(spi)?;
+            }
+        }
+        for row in self.select(LOAD_EDGES, &arg())? {
+            let id: GroupId = row.get(1).map_err(spi)?.unwrap_or_default();
+            if let (Some(g), Some(p)) = (groups.get_mut(&id), row.get::<i64>(2).map_err(spi)?) {
+                g.prevs.push(p);
+            }
+        }
+        for row in self.select(LOAD_ROWS, &arg())? {
+            let id: GroupId = row.get(1).map_err(spi)?.unwrap_or_default();
+            let text = |i| {
+                row.get::<String>(i)
+                    .map_err(spi)
+                    .map(Option::unwrap_or_default)
+            };
+            let r = StateRow {
+                event_type: text(2)?,
+                state_key: text(3)?,
+                event_id: text(4)?,
+            };
+            if let Some(g) = groups.get_mut(&id) {
+                g.rows.push(r);
+            }
+        }
+        Ok(ids
+            .iter()
+            .map(|id| groups.remove(id).expect("every id has an entry"))
+            .collect())
+    }
+
+    fn close_scan(&mut self) {
+        self.scan = None;
+    }
+}
+
+impl Store for SpiStore<'_, '_> {
+    fn room_extent(&mut self, room: &str) -> Result<RoomExtent> {
+        let max = self
+            .select(
+                "SELECT max(id) FROM state_groups WHERE room_id = $1",
+                &[room.into()],
+            )?
+            .first()
+            .get_one::<i64>()
+            .map_err(spi)?;
+        if let Some(max_id) = max {
+            return Ok(RoomExtent::Groups { max_id });
+        }
+        // `rooms` lives in the main store, which may be another database.
+        let known = self
+            .select(
+                "SELECT CASE WHEN to_regclass('rooms') IS NULL THEN false \
+                 ELSE EXISTS (SELECT 1 FROM rooms WHERE room_id = $1) END",
+                &[room.into()],
+            )?
+            .first()
+            .get_one::<bool>()
+            .map_err(spi)?
+            .unwrap_or(false);
+        Ok(if known {
+            RoomExtent::NoGroups
+        } else {
+            RoomExtent::Unknown
+        })
+    }
+
+    fn count_groups(&mut self, room: &str, after: GroupId, upto: GroupId) -> Result<u64> {
+        let n = self
+            .select(
+                "SELECT count(*) FROM state_groups WHERE room_id = $1 AND id > $2 AND id <= $3",
+                &[room.into(), after.into(), upto.into()],
+            )?
+            .first()
+            .get_one::<i64>()
+            .map_err(spi)?
+            .unwrap_or(0);
+        Ok(n as u64)
+    }
+
+    fn load_chunk(
+        &mut self,
+        room: &str,
+        after: GroupId,
+        upto: GroupId,
+        limit: usize,
+    ) -> Result<Chunk> {
+        // One scan of the room's ids per run, read `limit` at a time: memory stays
+        // bounded by the chunk however large the room.
+        if self.scan.as_ref().map(|(_, at)| *at) != Some(after) {
+            self.close_scan();
+            let sql = if self.lock {
+                // NO KEY UPDATE: serialises with Synapse's deletion (FOR UPDATE) but
+                // lets it keep creating children (FOR KEY SHARE) of these groups.
+                "SELECT id FROM state_groups WHERE room_id = $1 AND id > $2 AND id <= $3 \
+                 ORDER BY id FOR NO KEY UPDATE"
+            } else {
+                "SELECT id FROM state_groups WHERE room_id = $1 AND id > $2 AND id <= $3 ORDER BY id"
+            };
+            let args: [DatumWithOid; 3] = [room.into(), after.into(), upto.into()];
+            let cursor = self.client.try_open_cursor_mut(sql, &args).map_err(spi)?;
+            self.scan = Some((cursor, after));
+        }
+        let (cursor, at) = self.scan.as_mut().expect("scan is open");
+        let mut ids = Vec::with_capacity(limit);
+        for row in cursor.fetch(limit as std::ffi::c_long).map_err(spi)? {
+            ids.extend(row.get::<i64>(1).map_err(spi)?);
+        }
+        if let Some(&last) = ids.last() {
+            *at = last;
+        }
+        let frozen = self.frozen(&ids)?;
+        Ok(Chunk {
+            groups: self.load_groups(&ids)?,
+            frozen,
+        })
+    }
+
+    fn load_chain(&mut self, group: GroupId, max_hops: usize) -> Result<Chain> {
+        // The ids on the stored chain (bounded: corrupt data may hold cycles or forks),
+        // then their edges and rows; the engine checks the chain's shape.
+        let ids = self.ids(
+            "WITH RECURSIVE chain(state_group, hops) AS ( \
+                 SELECT $1::bigint, 0 \
+               UNION ALL \
+                 SELECT e.prev_state_group, c.hops + 1 \
+                 FROM state_group_edges e JOIN chain c ON e.state_group = c.state_group \
+                 WHERE c.hops < $2 \
+             ) SELECT DISTINCT state_group FROM (SELECT state_group FROM chain LIMIT $3) s",
+            &[
+                group.into(),
+                (max_hops as i32).into(),
+                (2 * max_hops as i64 + 2).into(),
+            ],
+        )?;
+        let mut by_id: FxHashMap<GroupId, RawGroup> = self
+            .load_groups(&ids)?
+            .into_iter()
+            .map(|g| (g.id, g))
+            .collect();
+        let mut groups = Vec::new();
+        let mut cur = Some(group);
+        while let Some(id) = cur {
+            let Some(g) = by_id.remove(&id) else { break };
+            cur = match g.prevs.as_slice() {
+                [p] if groups.len() < max_hops => Some(*p),
+                _ => None,
+            };
+            groups.push(g);
+        }
+        let head_frozen = self.frozen(&[group])?.contains(&group);
+        Ok(Chain {
+            groups,
+            head_frozen,
+        })
+    }
+
+    fn write_chunk(&mut self, room: &str, rewrites: &[Rewrite]) -> Result<()> {
+        let ids: Vec<GroupId> = rewrites.iter().map(|r| r.group).collect();
+        let (mut edge_from, mut edge_to) = (Vec::new(), Vec::new());
+        let (mut g, mut t, mut k, mut e) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for r in rewrites {
+            if let Some(p) = r.prev {
+                edge_from.push(r.group);
+                edge_to.push(p);
+            }
+            for row in &r.rows {
+                g.push(r.group);
+                t.push(row.event_type.as_str());
+                k.push(row.state_key.as_str());
+                e.push(row.event_id.as_str());
+            }
+        }
+        // New predecessors are locked as Synapse locks one when it adds a child, so a
+        // concurrent deletion of them waits for this transaction.
+        let mut prevs = edge_to.clone();
+        prevs.sort_unstable();
+        prevs.dedup();
+        if self.lock && !prevs.is_empty() {
+            self.update(
+                "SELECT 1 FROM state_groups WHERE id = ANY($1) FOR KEY SHARE",
+                &[prevs.into()],
+            )?;
+        }
+        self.update(
+            "DELETE FROM state_group_edges WHERE state_group = ANY($1)",
+            &[ids.clone().into()],
+        )?;
+        if !edge_from.is_empty() {
+            self.update(
+                "INSERT INTO state_group_edges (state_group, prev_state_group) \
+                 SELECT * FROM unnest($1::bigint[], $2::bigint[])",
+                &[edge_from.into(), edge_to.into()],
+            )?;
+        }
+        self.update(
+            "DELETE FROM state_groups_state WHERE state_group = ANY($1)",
+            &[ids.into()],
+        )?;
+        if !g.is_empty() {
+            self.update(
+                "INSERT INTO state_groups_state (state_group, room_id, type, state_key, event_id) \
+                 SELECT u.g, $2, u.t, u.k, u.e FROM unnest($1::bigint[], $3::text[], $4::text[], $5::text[]) \
+                 AS u(g, t, k, e)",
+                &[g.into(), room.into(), t.into(), k.into(), e.into()],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn read_back(&mut self, groups: &[GroupId]) -> Result<Vec<RawGroup>> {
+        self.load_groups(groups)
+    }
+
+    fn begin_atomic(&mut self) -> Result<()> {
+        self.close_scan();
+        self.subxact = Some(SubTransaction::begin());
+        Ok(())
+    }
+
+    fn end_atomic(&mut self, keep: bool) -> Result<()> {
+        // The scan's portal belongs to the subtransaction: close it first.
+        self.close_scan();
+        if let Some(s) = self.subxact.take() {
+            s.end(keep);
+        }
+        Ok(())
+    }
+
+    fn check_interrupts(&mut self) {
+        pgrx::check_for_interrupts!();
+    }
+}
