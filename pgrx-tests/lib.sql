@@ -6,16 +6,19 @@ CREATE SCHEMA sc_test;
 -- Resolved state of every group, as a fingerprint (count + md5 of sorted rows).
 CREATE FUNCTION sc_test.fingerprints() RETURNS TABLE (state_group bigint, n bigint, digest text)
 LANGUAGE sql AS $$
-  WITH RECURSIVE sgs(state_group, root, hops) AS (
-      SELECT id, id, 0 FROM state_groups
-    UNION ALL
-      SELECT e.prev_state_group, s.root, s.hops + 1
+  -- UNION (not Synapse's UNION ALL): the same reachable set on sound data, and it
+  -- terminates on corrupt data (cycles, several predecessors) where Synapse's would not.
+  WITH RECURSIVE sgs(state_group, root) AS (
+      SELECT id, id FROM state_groups
+    UNION
+      SELECT e.prev_state_group, s.root
       FROM state_group_edges e JOIN sgs s ON e.state_group = s.state_group
-      WHERE s.hops < 1000
   ), resolved AS (
     SELECT DISTINCT ON (s.root, ss.type, ss.state_key) s.root, ss.type, ss.state_key, ss.event_id
     FROM sgs s JOIN state_groups_state ss ON ss.state_group = s.state_group
-    ORDER BY s.root, ss.type, ss.state_key, ss.state_group DESC
+    -- event_id breaks ties only for ambiguous groups (one key, two events), where
+    -- Synapse's own pick is arbitrary; it keeps the fingerprint deterministic.
+    ORDER BY s.root, ss.type, ss.state_key, ss.state_group DESC, ss.event_id
   )
   SELECT root, count(*), md5(string_agg(type || E'\x1f' || state_key || E'\x1f' || event_id, E'\x1e'
                                         ORDER BY type, state_key))
@@ -71,7 +74,7 @@ BEGIN
   CREATE TEMP TABLE keys_now ON COMMIT DROP AS
     WITH RECURSIVE sgs(state_group, root) AS (
         SELECT id, id FROM state_groups
-      UNION ALL
+      UNION
         SELECT e.prev_state_group, s.root FROM state_group_edges e JOIN sgs s ON e.state_group = s.state_group
     ) SELECT DISTINCT s.root, ss.type, ss.state_key
       FROM sgs s JOIN state_groups_state ss ON ss.state_group = s.state_group;

@@ -2,6 +2,7 @@
 -- ids): a dry run writes nothing and predicts the real run; the real run keeps every
 -- group's resolved state, builds a well-formed tree and removes rows.
 -- data: --preset small --scale 5 --seed 11
+-- data: --preset headline --scale 0.01 --seed 2 --first-id 10000
 CALL sc_test.snapshot();
 SELECT sc_test.raw_digest() AS raw0 \gset
 CREATE TEMP TABLE dry AS SELECT * FROM sc_test.compress_all(dry => true);

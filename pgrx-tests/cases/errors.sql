@@ -32,10 +32,13 @@ DELETE FROM rooms WHERE room_id = '!empty:example.org';
 -- Privileges: not executable by PUBLIC.
 SELECT sc_test.check(NOT has_function_privilege('public', 'compress_room(text,text,boolean,bigint,bigint,bigint)', 'EXECUTE'),
                      'PUBLIC cannot execute compress_room');
+DROP ROLE IF EXISTS sc_test_nobody;
 CREATE ROLE sc_test_nobody;
+GRANT USAGE ON SCHEMA sc_test TO sc_test_nobody;
 SET ROLE sc_test_nobody;
 CALL sc_test.assert_error(format($$SELECT * FROM compress_room(%L)$$, :'room'), '42501', need_hint => false);
 RESET ROLE;
+REVOKE USAGE ON SCHEMA sc_test FROM sc_test_nobody;
 DROP ROLE sc_test_nobody;
 
 -- Two compressions of one room never interleave: the second gets lock_not_available.
