@@ -35,7 +35,17 @@ psql -q -c "CREATE EXTENSION IF NOT EXISTS synapse_compress"
 echo "== SELECT * FROM compress_room('$ROOM', dry_run => true);"
 psql -x -c "SELECT * FROM compress_room('$ROOM', dry_run => true)"
 echo "== SELECT * FROM compress_room('$ROOM');"
-psql -x -c "SELECT * FROM compress_room('$ROOM')"
+# One session, its backend's private memory sampled while it compresses.
+peak=$(mktemp) stop=$(mktemp -u)
+psql -x <<SQL
+SELECT pg_backend_pid() AS pid \\gset
+\\setenv BACKEND_PID :pid
+\\! bash scripts/peak-rss.sh \$BACKEND_PID $peak $stop &
+SELECT * FROM compress_room('$ROOM');
+\\! touch $stop
+SQL
+echo "   backend peak private memory (RssAnon) during compress_room: $(( $(cat "$peak") / 1024 )) MB"
+rm -f "$peak" "$stop"
 echo "== after (VACUUM FULL state_groups_state to give the space back to the OS)"
 psql -q -c "VACUUM FULL state_groups_state"
 sizes

@@ -3,9 +3,16 @@
 //!
 //! Every statement is a constant string with bound parameters: no SQL text is ever
 //! built from a room id or any other input.
+//!
+//! Memory: SPI keeps result tables and argument datums in its procedure context until
+//! the connection ends, i.e. for a whole run. So every result is freed once read, and
+//! every call builds its arguments in a scratch context reset afterwards: backend
+//! memory then follows the chunk, not the room.
 
 use pgrx::datum::DatumWithOid;
-use pgrx::spi::{SpiClient, SpiCursor, SpiResult, SpiTupleTable};
+use pgrx::pg_sys;
+use pgrx::spi::{SpiClient, SpiCursor, SpiHeapTupleData, SpiResult};
+use pgrx::{FromDatum, IntoDatum, PgMemoryContexts};
 use synapse_compress_core::hash::{FxHashMap, FxHashSet};
 use synapse_compress_core::store::{Chain, Chunk, Rewrite, RoomExtent, Store};
 use synapse_compress_core::{Error, GroupId, RawGroup, Result, StateRow};
@@ -21,10 +28,20 @@ pub struct SpiStore<'a, 'conn> {
     /// The open scan of the room's group ids, and the id it has reached.
     scan: Option<(SpiCursor<'conn>, GroupId)>,
     subxact: Option<SubTransaction>,
+    scratch: PgMemoryContexts,
 }
 
 fn spi(e: pgrx::spi::SpiError) -> Error {
     Error::Store(e.to_string())
+}
+
+/// Free the result table of the last SPI call (pgrx leaves it to SPI_finish).
+fn free_result() {
+    // SAFETY: backend thread; the table was fully read and nothing refers to it.
+    unsafe {
+        pg_sys::SPI_freetuptable(pg_sys::SPI_tuptable);
+        pg_sys::SPI_tuptable = std::ptr::null_mut();
+    }
 }
 
 const LOAD_EDGES: &str =
@@ -48,29 +65,64 @@ impl<'a, 'conn> SpiStore<'a, 'conn> {
             .first()
             .get_one::<bool>()?
             .unwrap_or(false);
+        free_result();
+        let scratch = PgMemoryContexts::new("synapse_compress arguments");
         Ok(SpiStore {
             client,
             lock,
             has_deletion_tables,
             scan: None,
             subxact: None,
+            scratch,
         })
     }
 
-    fn select(&self, sql: &str, args: &[DatumWithOid]) -> Result<SpiTupleTable<'conn>> {
-        self.client.select(sql, None, args).map_err(spi)
+    /// Run `f` with argument datums allocated in the scratch context, then free them.
+    fn scratch<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> T {
+        let cx = self.scratch.value();
+        // SAFETY: backend thread; the previous context is restored before returning
+        // (an ERROR longjmps past this, and the aborted transaction frees both).
+        let old = unsafe { pg_sys::MemoryContextSwitchTo(cx) };
+        let out = f(self);
+        unsafe {
+            pg_sys::MemoryContextSwitchTo(old);
+            pg_sys::MemoryContextReset(cx);
+        }
+        out
     }
 
+    /// Run a query and map each row; the result table is freed before returning.
+    fn query<T>(
+        &self,
+        sql: &str,
+        args: &[DatumWithOid],
+        mut f: impl FnMut(&SpiHeapTupleData) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        let table = self.client.select(sql, None, args).map_err(spi)?;
+        let out = table.map(|row| f(&row)).collect();
+        free_result();
+        out
+    }
+
+    /// Run a statement that writes or locks; its result is freed.
     fn update(&mut self, sql: &str, args: &[DatumWithOid]) -> Result<()> {
-        self.client.update(sql, None, args).map_err(spi).map(|_| ())
+        self.client.update(sql, None, args).map_err(spi)?;
+        free_result();
+        Ok(())
     }
 
     fn ids(&self, sql: &str, args: &[DatumWithOid]) -> Result<Vec<GroupId>> {
-        let mut out = Vec::new();
-        for row in self.select(sql, args)? {
-            out.extend(row.get::<i64>(1).map_err(spi)?);
-        }
-        Ok(out)
+        let ids = self.query(sql, args, |row| row.get::<i64>(1).map_err(spi))?;
+        Ok(ids.into_iter().flatten().collect())
+    }
+
+    fn one<T: IntoDatum + FromDatum>(&self, sql: &str, args: &[DatumWithOid]) -> Result<Option<T>> {
+        let mut vals = self.query(sql, args, |row| row.get::<T>(1).map_err(spi))?;
+        Ok(if vals.is_empty() {
+            None
+        } else {
+            vals.swap_remove(0)
+        })
     }
 
     fn frozen(&self, ids: &[GroupId]) -> Result<FxHashSet<GroupId>> {
@@ -100,19 +152,21 @@ impl<'a, 'conn> SpiStore<'a, 'conn> {
             })
             .collect();
         let arg = || -> [DatumWithOid; 1] { [ids.to_vec().into()] };
-        for row in self.select(LOAD_ROOMS, &arg())? {
+        self.query(LOAD_ROOMS, &arg(), |row| {
             let id: GroupId = row.get(1).map_err(spi)?.unwrap_or_default();
             if let Some(g) = groups.get_mut(&id) {
                 g.room_id = row.get::<String>(2).map_err(spi)?;
             }
-        }
-        for row in self.select(LOAD_EDGES, &arg())? {
+            Ok(())
+        })?;
+        self.query(LOAD_EDGES, &arg(), |row| {
             let id: GroupId = row.get(1).map_err(spi)?.unwrap_or_default();
             if let (Some(g), Some(p)) = (groups.get_mut(&id), row.get::<i64>(2).map_err(spi)?) {
                 g.prevs.push(p);
             }
-        }
-        for row in self.select(LOAD_ROWS, &arg())? {
+            Ok(())
+        })?;
+        self.query(LOAD_ROWS, &arg(), |row| {
             let id: GroupId = row.get(1).map_err(spi)?.unwrap_or_default();
             let text = |i| {
                 row.get::<String>(i)
@@ -127,73 +181,25 @@ impl<'a, 'conn> SpiStore<'a, 'conn> {
             if let Some(g) = groups.get_mut(&id) {
                 g.rows.push(r);
             }
-        }
+            Ok(())
+        })?;
         Ok(ids
             .iter()
             .map(|id| groups.remove(id).expect("every id has an entry"))
             .collect())
     }
 
-    fn close_scan(&mut self) {
-        self.scan = None;
-    }
-}
-
-impl Store for SpiStore<'_, '_> {
-    fn room_extent(&mut self, room: &str) -> Result<RoomExtent> {
-        let max = self
-            .select(
-                "SELECT max(id) FROM state_groups WHERE room_id = $1",
-                &[room.into()],
-            )?
-            .first()
-            .get_one::<i64>()
-            .map_err(spi)?;
-        if let Some(max_id) = max {
-            return Ok(RoomExtent::Groups { max_id });
-        }
-        // `rooms` lives in the main store, which may be another database.
-        let known = self
-            .select(
-                "SELECT CASE WHEN to_regclass('rooms') IS NULL THEN false \
-                 ELSE EXISTS (SELECT 1 FROM rooms WHERE room_id = $1) END",
-                &[room.into()],
-            )?
-            .first()
-            .get_one::<bool>()
-            .map_err(spi)?
-            .unwrap_or(false);
-        Ok(if known {
-            RoomExtent::NoGroups
-        } else {
-            RoomExtent::Unknown
-        })
-    }
-
-    fn count_groups(&mut self, room: &str, after: GroupId, upto: GroupId) -> Result<u64> {
-        let n = self
-            .select(
-                "SELECT count(*) FROM state_groups WHERE room_id = $1 AND id > $2 AND id <= $3",
-                &[room.into(), after.into(), upto.into()],
-            )?
-            .first()
-            .get_one::<i64>()
-            .map_err(spi)?
-            .unwrap_or(0);
-        Ok(n as u64)
-    }
-
-    fn load_chunk(
+    fn next_ids(
         &mut self,
         room: &str,
         after: GroupId,
         upto: GroupId,
         limit: usize,
-    ) -> Result<Chunk> {
+    ) -> Result<Vec<GroupId>> {
         // One scan of the room's ids per run, read `limit` at a time: memory stays
         // bounded by the chunk however large the room.
         if self.scan.as_ref().map(|(_, at)| *at) != Some(after) {
-            self.close_scan();
+            self.scan = None;
             let sql = if self.lock {
                 // NO KEY UPDATE: serialises with Synapse's deletion (FOR UPDATE) but
                 // lets it keep creating children (FOR KEY SHARE) of these groups.
@@ -211,52 +217,103 @@ impl Store for SpiStore<'_, '_> {
         for row in cursor.fetch(limit as std::ffi::c_long).map_err(spi)? {
             ids.extend(row.get::<i64>(1).map_err(spi)?);
         }
+        free_result();
         if let Some(&last) = ids.last() {
             *at = last;
         }
-        let frozen = self.frozen(&ids)?;
-        Ok(Chunk {
-            groups: self.load_groups(&ids)?,
-            frozen,
+        Ok(ids)
+    }
+}
+
+impl Store for SpiStore<'_, '_> {
+    fn room_extent(&mut self, room: &str) -> Result<RoomExtent> {
+        self.scratch(|s| {
+            let max = s.one::<i64>(
+                "SELECT max(id) FROM state_groups WHERE room_id = $1",
+                &[room.into()],
+            )?;
+            if let Some(max_id) = max {
+                return Ok(RoomExtent::Groups { max_id });
+            }
+            // `rooms` lives in the main store, which may be another database.
+            let known = s.one::<bool>(
+                "SELECT CASE WHEN to_regclass('rooms') IS NULL THEN false \
+                 ELSE EXISTS (SELECT 1 FROM rooms WHERE room_id = $1) END",
+                &[room.into()],
+            )?;
+            Ok(if known == Some(true) {
+                RoomExtent::NoGroups
+            } else {
+                RoomExtent::Unknown
+            })
+        })
+    }
+
+    fn count_groups(&mut self, room: &str, after: GroupId, upto: GroupId) -> Result<u64> {
+        self.scratch(|s| {
+            let n = s.one::<i64>(
+                "SELECT count(*) FROM state_groups WHERE room_id = $1 AND id > $2 AND id <= $3",
+                &[room.into(), after.into(), upto.into()],
+            )?;
+            Ok(n.unwrap_or(0) as u64)
+        })
+    }
+
+    fn load_chunk(
+        &mut self,
+        room: &str,
+        after: GroupId,
+        upto: GroupId,
+        limit: usize,
+    ) -> Result<Chunk> {
+        self.scratch(|s| {
+            let ids = s.next_ids(room, after, upto, limit)?;
+            let frozen = s.frozen(&ids)?;
+            Ok(Chunk {
+                groups: s.load_groups(&ids)?,
+                frozen,
+            })
         })
     }
 
     fn load_chain(&mut self, group: GroupId, max_hops: usize) -> Result<Chain> {
         // The ids on the stored chain (bounded: corrupt data may hold cycles or forks),
         // then their edges and rows; the engine checks the chain's shape.
-        let ids = self.ids(
-            "WITH RECURSIVE chain(state_group, hops) AS ( \
-                 SELECT $1::bigint, 0 \
-               UNION ALL \
-                 SELECT e.prev_state_group, c.hops + 1 \
-                 FROM state_group_edges e JOIN chain c ON e.state_group = c.state_group \
-                 WHERE c.hops < $2 \
-             ) SELECT DISTINCT state_group FROM (SELECT state_group FROM chain LIMIT $3) s",
-            &[
-                group.into(),
-                (max_hops as i32).into(),
-                (2 * max_hops as i64 + 2).into(),
-            ],
-        )?;
-        let mut by_id: FxHashMap<GroupId, RawGroup> = self
-            .load_groups(&ids)?
-            .into_iter()
-            .map(|g| (g.id, g))
-            .collect();
-        let mut groups = Vec::new();
-        let mut cur = Some(group);
-        while let Some(id) = cur {
-            let Some(g) = by_id.remove(&id) else { break };
-            cur = match g.prevs.as_slice() {
-                [p] if groups.len() < max_hops => Some(*p),
-                _ => None,
-            };
-            groups.push(g);
-        }
-        let head_frozen = self.frozen(&[group])?.contains(&group);
-        Ok(Chain {
-            groups,
-            head_frozen,
+        self.scratch(|s| {
+            let ids = s.ids(
+                "WITH RECURSIVE chain(state_group, hops) AS ( \
+                     SELECT $1::bigint, 0 \
+                   UNION ALL \
+                     SELECT e.prev_state_group, c.hops + 1 \
+                     FROM state_group_edges e JOIN chain c ON e.state_group = c.state_group \
+                     WHERE c.hops < $2 \
+                 ) SELECT DISTINCT state_group FROM (SELECT state_group FROM chain LIMIT $3) s",
+                &[
+                    group.into(),
+                    (max_hops as i32).into(),
+                    (2 * max_hops as i64 + 2).into(),
+                ],
+            )?;
+            let mut by_id: FxHashMap<GroupId, RawGroup> = s
+                .load_groups(&ids)?
+                .into_iter()
+                .map(|g| (g.id, g))
+                .collect();
+            let mut groups = Vec::new();
+            let mut cur = Some(group);
+            while let Some(id) = cur {
+                let Some(g) = by_id.remove(&id) else { break };
+                cur = match g.prevs.as_slice() {
+                    [p] if groups.len() < max_hops => Some(*p),
+                    _ => None,
+                };
+                groups.push(g);
+            }
+            let head_frozen = s.frozen(&[group])?.contains(&group);
+            Ok(Chain {
+                groups,
+                head_frozen,
+            })
         })
     }
 
@@ -276,56 +333,49 @@ impl Store for SpiStore<'_, '_> {
                 e.push(row.event_id.as_str());
             }
         }
-        // New predecessors are locked as Synapse locks one when it adds a child, so a
-        // concurrent deletion of them waits for this transaction.
         let mut prevs = edge_to.clone();
         prevs.sort_unstable();
         prevs.dedup();
-        if self.lock && !prevs.is_empty() {
-            self.update(
-                "SELECT 1 FROM state_groups WHERE id = ANY($1) FOR KEY SHARE",
-                &[prevs.into()],
-            )?;
-        }
-        self.update(
-            "DELETE FROM state_group_edges WHERE state_group = ANY($1)",
-            &[ids.clone().into()],
-        )?;
-        if !edge_from.is_empty() {
-            self.update(
-                "INSERT INTO state_group_edges (state_group, prev_state_group) \
-                 SELECT * FROM unnest($1::bigint[], $2::bigint[])",
-                &[edge_from.into(), edge_to.into()],
-            )?;
-        }
-        self.update(
-            "DELETE FROM state_groups_state WHERE state_group = ANY($1)",
-            &[ids.into()],
-        )?;
-        if !g.is_empty() {
-            self.update(
-                "INSERT INTO state_groups_state (state_group, room_id, type, state_key, event_id) \
-                 SELECT u.g, $2, u.t, u.k, u.e FROM unnest($1::bigint[], $3::text[], $4::text[], $5::text[]) \
-                 AS u(g, t, k, e)",
-                &[g.into(), room.into(), t.into(), k.into(), e.into()],
-            )?;
-        }
-        Ok(())
+        self.scratch(|s| {
+            // New predecessors are locked as Synapse locks one when it adds a child, so
+            // a concurrent deletion of them waits for this transaction.
+            if s.lock && !prevs.is_empty() {
+                s.update("SELECT 1 FROM state_groups WHERE id = ANY($1) FOR KEY SHARE", &[prevs.into()])?;
+            }
+            s.update("DELETE FROM state_group_edges WHERE state_group = ANY($1)", &[ids.clone().into()])?;
+            if !edge_from.is_empty() {
+                s.update(
+                    "INSERT INTO state_group_edges (state_group, prev_state_group) \
+                     SELECT * FROM unnest($1::bigint[], $2::bigint[])",
+                    &[edge_from.into(), edge_to.into()],
+                )?;
+            }
+            s.update("DELETE FROM state_groups_state WHERE state_group = ANY($1)", &[ids.into()])?;
+            if !g.is_empty() {
+                s.update(
+                    "INSERT INTO state_groups_state (state_group, room_id, type, state_key, event_id) \
+                     SELECT u.g, $2, u.t, u.k, u.e \
+                     FROM unnest($1::bigint[], $3::text[], $4::text[], $5::text[]) AS u(g, t, k, e)",
+                    &[g.into(), room.into(), t.into(), k.into(), e.into()],
+                )?;
+            }
+            Ok(())
+        })
     }
 
     fn read_back(&mut self, groups: &[GroupId]) -> Result<Vec<RawGroup>> {
-        self.load_groups(groups)
+        self.scratch(|s| s.load_groups(groups))
     }
 
     fn begin_atomic(&mut self) -> Result<()> {
-        self.close_scan();
+        self.scan = None;
         self.subxact = Some(SubTransaction::begin());
         Ok(())
     }
 
     fn end_atomic(&mut self, keep: bool) -> Result<()> {
         // The scan's portal belongs to the subtransaction: close it first.
-        self.close_scan();
+        self.scan = None;
         if let Some(s) = self.subxact.take() {
             s.end(keep);
         }
