@@ -12,3 +12,54 @@ COMMENT ON FUNCTION compress_room(text, text, boolean, bigint, bigint, bigint) I
 'Writes nothing when the result would not remove rows. Memory per chunk: SET synapse_compress.chunk_size. '
 'Returns one row: room_id, state_groups, groups_changed, groups_skipped, rows_before, rows_after, '
 'forced_snapshots, max_chain_after, dry_run, written, elapsed_ms.';
+
+-- Scheduled compression: everything that rewrites or changes the schedule is for
+-- superusers and roles an admin grants it to (see the README for the worker's role).
+REVOKE EXECUTE ON PROCEDURE compress_database(interval, integer) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION synapse_compress.begin_run(text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION synapse_compress.run_chunk(bigint) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION synapse_compress.end_run(bigint, text, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION synapse_compress.wake_workers() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION synapse_compress.pause() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION synapse_compress.resume() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION synapse_compress.run_now() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION synapse_compress.reset_room(text) FROM PUBLIC;
+
+COMMENT ON SCHEMA synapse_compress IS
+'synapse_compress scheduling: status and rooms views, run history, pause/resume/run_now/reset_room.';
+COMMENT ON PROCEDURE compress_database(interval, integer) IS
+'One scheduled run in the foreground: compresses the rooms with the most uncompressed rows first, '
+'one chunk (synapse_compress.chunk_size groups) per transaction, committing the chunk with the room''s saved levels '
+'and progress (state_compressor_progress / state_compressor_state, shared with synapse_auto_compressor). '
+'Stops when no work is left, after time_budget, or after max_chunks chunks; the next run continues. '
+'A room that fails is recorded in synapse_compress.rooms and retried later. Must be CALLed outside a transaction block.';
+COMMENT ON FUNCTION synapse_compress.worker_registered() IS
+'True when this server registered the background worker (synapse_compress in shared_preload_libraries and synapse_compress.workers > 0).';
+COMMENT ON FUNCTION synapse_compress.wake_workers() IS
+'Set the latch of every running synapse_compress worker; returns how many were woken. Used by run_now() and resume().';
+COMMENT ON FUNCTION synapse_compress.begin_run(text) IS
+'Internal (CALL compress_database() uses it): start a run: close dead runs, prune history, count new groups per room.';
+COMMENT ON FUNCTION synapse_compress.run_chunk(bigint) IS
+'Internal (CALL compress_database() uses it): compress the next chunk of a run; outcome no_work ends the run.';
+COMMENT ON FUNCTION synapse_compress.end_run(bigint, text, text) IS
+'Internal (CALL compress_database() uses it): record how a run ended.';
+COMMENT ON FUNCTION synapse_compress.pause() IS
+'Pause the background worker at its next chunk boundary; persists across restarts until resume().';
+COMMENT ON FUNCTION synapse_compress.resume() IS
+'Undo pause() and wake the worker to run now.';
+COMMENT ON FUNCTION synapse_compress.run_now() IS
+'Ask the background worker to start a run now (not waiting for synapse_compress.interval); returns the number of workers woken.';
+COMMENT ON FUNCTION synapse_compress.reset_room(text) IS
+'Forget a room''s saved levels, progress and errors: the next run compresses it again from its first group with fresh levels.';
+COMMENT ON TABLE synapse_compress.control IS
+'One row: paused (pause()/resume()), the last run_now() request, the watermark of the incremental room counts, rows saved in all.';
+COMMENT ON TABLE synapse_compress.room_queue IS
+'Per room: groups and rows not yet compressed (kept up to date from new groups only), rows saved, last error and next retry.';
+COMMENT ON TABLE synapse_compress.runs IS
+'History of scheduled runs (worker and compress_database), kept for synapse_compress.history_days days.';
+COMMENT ON VIEW synapse_compress.status IS
+'One row: is the worker registered and running, enabled, paused; the current run, room and group; the last run and its outcome; the next run; totals.';
+COMMENT ON VIEW synapse_compress.rooms IS
+'Per room: state groups, compressed up to (state_compressor_progress), saved levels (length/size, finest first), '
+'pending groups and rows, rows saved, chunks written and undone, last error, next retry.';
+-- The tool's tables get no COMMENT: when adopted they are not ours to annotate.

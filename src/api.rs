@@ -1,17 +1,18 @@
 //! SQL-callable functions. Each one checks its input, then hands the work to the
 //! core engine with an SPI store; see `sql/finalize.sql` for grants and comments.
 
+use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
 use pgrx::prelude::*;
-use pgrx::PgSqlErrorCode;
-use synapse_compress_core::engine::{self, NotWritten, Options};
+use pgrx::{PgSqlErrorCode, PgTryBuilder};
+use synapse_compress_core::engine::{self, NotWritten, Options, Summary};
 use synapse_compress_core::planner::SkipReason;
 use synapse_compress_core::{Error, LevelSpec};
 
 use crate::errors::{raise, report, required};
-use crate::gucs;
 use crate::store::SpiStore;
+use crate::{gucs, progress, subxact};
 
 /// Compress one room's state groups in the caller's transaction; see the COMMENT.
 // pgrx needs the row type spelled out in place (no alias), hence the allow.
@@ -65,7 +66,48 @@ fn compress_room(
         });
     }
 
-    let summary = Spi::connect_mut(|client| {
+    let level = subxact::Level::here();
+    let summary = PgTryBuilder::new(AssertUnwindSafe(|| {
+        run(room, opts, dry_run, min_saved_rows)
+    }))
+    .catch_others(|e| {
+        level.unwind();
+        e.rethrow()
+    })
+    .execute()
+    .unwrap_or_else(|e| raise(e));
+
+    match &summary.not_written {
+        None | Some(NotWritten::DryRun) => {}
+        Some(NotWritten::NothingToChange) => {
+            notice!("compress_room {room}: already compressed, nothing written")
+        }
+        Some(NotWritten::WouldNotSave { saved }) => {
+            notice!("compress_room {room}: nothing written, the rewrite would save {saved} rows")
+        }
+        Some(NotWritten::BelowMinimum { saved, minimum }) => {
+            notice!("compress_room {room}: nothing written, {saved} rows saved is below min_saved_rows {minimum}")
+        }
+    }
+    let s = summary;
+    TableIterator::once((
+        s.room_id,
+        s.state_groups as i64,
+        s.groups_changed as i64,
+        s.groups_skipped as i64,
+        s.rows_before as i64,
+        s.rows_after as i64,
+        s.forced_snapshots as i64,
+        s.max_chain_after as i32,
+        s.dry_run,
+        s.written,
+        s.elapsed_ms as i64,
+    ))
+}
+
+/// The compression itself, in one SPI connection.
+fn run(room: &str, opts: Options, dry_run: bool, min_saved_rows: i64) -> Result<Summary, Error> {
+    Spi::connect_mut(|client| {
         if !dry_run {
             lock_room(client, room);
         }
@@ -100,36 +142,14 @@ fn compress_room(
                 );
             }
         };
-        engine::compress_room(&mut store, room, opts, min_saved_rows, &mut on_chunk)
+        let summary = engine::compress_room(&mut store, room, opts, min_saved_rows, &mut on_chunk)?;
+        drop(store);
+        // Scheduled runs continue from where this one left the room.
+        if let Some(end) = &summary.end {
+            progress::save(client, room, end)?;
+        }
+        Ok(summary)
     })
-    .unwrap_or_else(|e| raise(e));
-
-    match &summary.not_written {
-        None | Some(NotWritten::DryRun) => {}
-        Some(NotWritten::NothingToChange) => {
-            notice!("compress_room {room}: already compressed, nothing written")
-        }
-        Some(NotWritten::WouldNotSave { saved }) => {
-            notice!("compress_room {room}: nothing written, the rewrite would save {saved} rows")
-        }
-        Some(NotWritten::BelowMinimum { saved, minimum }) => {
-            notice!("compress_room {room}: nothing written, {saved} rows saved is below min_saved_rows {minimum}")
-        }
-    }
-    let s = summary;
-    TableIterator::once((
-        s.room_id,
-        s.state_groups as i64,
-        s.groups_changed as i64,
-        s.groups_skipped as i64,
-        s.rows_before as i64,
-        s.rows_after as i64,
-        s.forced_snapshots as i64,
-        s.max_chain_after as i32,
-        s.dry_run,
-        s.written,
-        s.elapsed_ms as i64,
-    ))
 }
 
 /// One rewrite of a room at a time (sessions and the worker): a transaction-level

@@ -7,7 +7,29 @@ use synapse_compress_core::Error;
 
 /// Raise `err` as an ERROR. Never returns; the transaction (and any write) aborts.
 pub fn raise(err: Error) -> ! {
-    let (code, hint) = match &err {
+    let (code, hint) = code_and_hint(&err);
+    report(code, err.to_string(), hint)
+}
+
+/// The SQLSTATE of a core error.
+pub fn sqlstate(err: &Error) -> PgSqlErrorCode {
+    code_and_hint(err).0
+}
+
+/// The five-character SQLSTATE (PostgreSQL packs it in 6-bit characters).
+pub fn sqlstate_text(code: PgSqlErrorCode) -> String {
+    let mut packed = code as i32;
+    (0..5)
+        .map(|_| {
+            let c = char::from(b'0' + (packed & 0x3F) as u8);
+            packed >>= 6;
+            c
+        })
+        .collect()
+}
+
+fn code_and_hint(err: &Error) -> (PgSqlErrorCode, String) {
+    match err {
         Error::InvalidArgument { name, .. } => (
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             format!("Pass a valid {name}; see COMMENT ON FUNCTION compress_room."),
@@ -33,8 +55,7 @@ pub fn raise(err: Error) -> ! {
             "Something else changed the room's state groups meanwhile; nothing was written. Retry.".into(),
         ),
         Error::Store(_) => (PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "Nothing was written.".into()),
-    };
-    report(code, err.to_string(), hint)
+    }
 }
 
 /// Raise an ERROR with a given SQLSTATE and hint.

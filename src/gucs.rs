@@ -1,17 +1,46 @@
-//! Settings, all under `synapse_compress.*`.
+//! Settings, all under `synapse_compress.*`. The README's "Settings" table lists them.
+//!
+//! `database`, `role` and `workers` are read when the server starts (the worker is
+//! registered then); the worker's schedule reloads on SIGHUP; the rest can also be set
+//! per session for `compress_room` and `CALL compress_database()`.
+
+use std::ffi::CString;
 
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 
-/// Groups per chunk: bounds backend memory (and, for the worker, transaction length).
+/// Groups per chunk: bounds backend memory and, for scheduled runs, transaction length.
 pub static CHUNK_SIZE: GucSetting<i32> = GucSetting::<i32>::new(500);
 /// Seconds between progress NOTICEs of a long compress_room.
 pub static PROGRESS_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(5);
 
-pub fn init() {
+pub static DATABASE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"synapse"));
+pub static ROLE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static WORKERS: GucSetting<i32> = GucSetting::<i32>::new(1);
+pub static ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
+pub static INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(600);
+pub static LEVELS: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"100,50,25"));
+pub static MAX_RUN_TIME: GucSetting<i32> = GucSetting::<i32>::new(0);
+pub static MAX_RUN_CHUNKS: GucSetting<i32> = GucSetting::<i32>::new(0);
+pub static MIN_SAVED_ROWS: GucSetting<i32> = GucSetting::<i32>::new(1);
+pub static CHUNK_PAUSE: GucSetting<i32> = GucSetting::<i32>::new(100);
+pub static TARGET_CHUNK_TIME: GucSetting<i32> = GucSetting::<i32>::new(0);
+pub static HISTORY_DAYS: GucSetting<i32> = GucSetting::<i32>::new(30);
+
+/// Most scheduled workers; each takes its own room, so more than the cores is waste.
+pub const MAX_WORKERS: i32 = 8;
+
+/// Define the settings; the worker's (`database`, `role`, `workers`) only while the
+/// library is preloaded, the one time PostgreSQL accepts postmaster-level settings.
+pub fn init(preloading: bool) {
+    if preloading {
+        define_worker_settings();
+    }
     GucRegistry::define_int_guc(
         c"synapse_compress.chunk_size",
         c"State groups read, planned, verified and written per chunk.",
-        c"Memory of a compression is bounded by this many groups (times their state size). Default 500.",
+        c"Memory of a compression is bounded by this many groups (times their state size); scheduled runs commit once per chunk.",
         &CHUNK_SIZE,
         1,
         synapse_compress_core::engine::MAX_CHUNK_SIZE as i32,
@@ -28,4 +57,127 @@ pub fn init() {
         GucContext::Userset,
         GucFlags::UNIT_S,
     );
+    GucRegistry::define_bool_guc(
+        c"synapse_compress.enabled",
+        c"Whether the background worker starts scheduled runs.",
+        c"synapse_compress.pause() pauses without a configuration change, and survives restarts.",
+        &ENABLED,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"synapse_compress.interval",
+        c"Seconds from the end of one scheduled run to the start of the next.",
+        c"synapse_compress.run_now() starts one at once.",
+        &INTERVAL,
+        1,
+        7 * 24 * 3600,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_string_guc(
+        c"synapse_compress.levels",
+        c"Levels for rooms without saved levels (comma-separated chain lengths, finest first).",
+        c"Rooms already compressed keep the levels saved in state_compressor_state.",
+        &LEVELS,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"synapse_compress.max_run_time",
+        c"Seconds after which a scheduled run stops at the next chunk boundary (0: no limit).",
+        c"The next run continues where it stopped.",
+        &MAX_RUN_TIME,
+        0,
+        7 * 24 * 3600,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"synapse_compress.max_run_chunks",
+        c"Chunks after which a scheduled run stops (0: no limit).",
+        c"",
+        &MAX_RUN_CHUNKS,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"synapse_compress.min_saved_rows",
+        c"A scheduled chunk is undone unless it removes at least this many rows.",
+        c"At least 1: a room never grows.",
+        &MIN_SAVED_ROWS,
+        1,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"synapse_compress.chunk_pause",
+        c"Milliseconds a scheduled run sleeps between chunks, leaving Synapse its share.",
+        c"",
+        &CHUNK_PAUSE,
+        0,
+        60_000,
+        GucContext::Userset,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"synapse_compress.target_chunk_time",
+        c"If set, scheduled runs adapt the chunk size so a chunk's transaction takes about this many milliseconds (0: fixed chunk_size).",
+        c"",
+        &TARGET_CHUNK_TIME,
+        0,
+        600_000,
+        GucContext::Userset,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"synapse_compress.history_days",
+        c"Days of run history kept in synapse_compress.runs.",
+        c"",
+        &HISTORY_DAYS,
+        1,
+        3650,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+}
+
+fn define_worker_settings() {
+    GucRegistry::define_string_guc(
+        c"synapse_compress.database",
+        c"Database the background worker compresses (the Synapse database).",
+        c"Read at server start. The worker waits quietly until CREATE EXTENSION synapse_compress has run there.",
+        &DATABASE,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"synapse_compress.role",
+        c"Role the background worker connects as (empty: the bootstrap superuser).",
+        c"It needs SELECT, INSERT, UPDATE, DELETE on the state tables and the synapse_compress tables; see the README.",
+        &ROLE,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"synapse_compress.workers",
+        c"Background workers compressing rooms in parallel (0: none).",
+        c"Each works on a different room. Read at server start.",
+        &WORKERS,
+        0,
+        MAX_WORKERS,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+}
+
+/// A string setting as text ("" when unset).
+pub fn text(setting: &GucSetting<Option<CString>>) -> String {
+    setting
+        .get()
+        .map(|c| c.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }

@@ -2,27 +2,50 @@
 //!
 //! The algorithm lives in the `synapse_compress_core` crate (no PostgreSQL in it).
 //! This crate is the thin layer around it:
-//! - `api`: the SQL-callable functions;
+//! - `api`: `compress_room`, the one-room SQL function;
+//! - `schedule`: scheduled runs over the whole database, one chunk per transaction;
+//! - `worker`: the background worker that drives `schedule` on a timer;
+//! - `admin`: the `synapse_compress.*` SQL functions behind `CALL compress_database()`;
+//! - `progress`: a room's saved levels (the existing tool's tables);
 //! - `store`: the core's `Store` over SPI (reads, locks, set-based writes);
-//! - `subxact`: undoing a whole run's writes when it would not pay off;
+//! - `guard`: containing one chunk's failure (subtransaction, bounded retries);
+//! - `subxact`: internal subtransactions;
 //! - `errors`: core errors → PostgreSQL errors with SQLSTATE and hint;
 //! - `gucs`: settings.
 
 use pgrx::prelude::*;
 
+mod admin;
 mod api;
 mod errors;
+mod guard;
 mod gucs;
+mod progress;
+mod schedule;
 mod store;
 mod subxact;
+mod worker;
 
 ::pgrx::pg_module_magic!(name, version);
 
+pgrx::extension_sql_file!(
+    "../sql/schedule.sql",
+    name = "schedule",
+    requires = [
+        admin::synapse_compress::worker_registered,
+        admin::synapse_compress::wake_workers
+    ]
+);
 pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
-    gucs::init();
+    // SAFETY: reading a backend global.
+    let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
+    gucs::init(preloading);
+    if preloading {
+        worker::register();
+    }
 }
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -31,12 +31,12 @@ pub struct SpiStore<'a, 'conn> {
     scratch: PgMemoryContexts,
 }
 
-fn spi(e: pgrx::spi::SpiError) -> Error {
+pub fn spi(e: pgrx::spi::SpiError) -> Error {
     Error::Store(e.to_string())
 }
 
 /// Free the result table of the last SPI call (pgrx leaves it to SPI_finish).
-fn free_result() {
+pub fn free_result() {
     // SAFETY: backend thread; the table was fully read and nothing refers to it.
     unsafe {
         pg_sys::SPI_freetuptable(pg_sys::SPI_tuptable);
@@ -268,6 +268,19 @@ impl Store for SpiStore<'_, '_> {
     ) -> Result<Chunk> {
         self.scratch(|s| {
             let ids = s.next_ids(room, after, upto, limit)?;
+            if s.lock && !ids.is_empty() {
+                // The chunk's groups are locked by the scan; their stored predecessors
+                // are locked here, before any row is read. Synapse deletes a group, and
+                // de-deltas its children, only under FOR UPDATE on it: from now on
+                // nothing we plan from can change, and a deletion that committed first
+                // is seen by the reads below.
+                s.update(
+                    "SELECT 1 FROM state_groups WHERE id IN \
+                       (SELECT prev_state_group FROM state_group_edges WHERE state_group = ANY($1)) \
+                     FOR KEY SHARE",
+                    &[ids.clone().into()],
+                )?;
+            }
             let frozen = s.frozen(&ids)?;
             Ok(Chunk {
                 groups: s.load_groups(&ids)?,
@@ -337,10 +350,33 @@ impl Store for SpiStore<'_, '_> {
         prevs.sort_unstable();
         prevs.dedup();
         self.scratch(|s| {
-            // New predecessors are locked as Synapse locks one when it adds a child, so
-            // a concurrent deletion of them waits for this transaction.
+            // New predecessors get a no-op update, not just the FOR KEY SHARE lock
+            // Synapse takes when it adds a child: its deletion runs at REPEATABLE READ
+            // and, after waiting for a mere lock, would go on with a snapshot that does
+            // not show our new edges, delete the predecessor and leave our group
+            // dangling. A new row version makes its FOR UPDATE fail with a
+            // serialization error instead; Synapse retries, sees the new children and
+            // de-deltas them. (The lock this takes, FOR NO KEY UPDATE, still lets
+            // Synapse add children.) A predecessor already deleted is not updated:
+            // the chunk is abandoned.
             if s.lock && !prevs.is_empty() {
-                s.update("SELECT 1 FROM state_groups WHERE id = ANY($1) FOR KEY SHARE", &[prevs.into()])?;
+                let want = prevs.len();
+                let table = s
+                    .client
+                    .update(
+                        "UPDATE state_groups SET event_id = event_id WHERE id = ANY($1) RETURNING id",
+                        None,
+                        &[prevs.clone().into()],
+                    )
+                    .map_err(spi)?;
+                let got = table.len();
+                free_result();
+                if got != want {
+                    return Err(Error::Concurrent {
+                        group: prevs[0],
+                        reason: format!("{} chosen predecessors were deleted meanwhile", want - got),
+                    });
+                }
             }
             s.update("DELETE FROM state_group_edges WHERE state_group = ANY($1)", &[ids.clone().into()])?;
             if !edge_from.is_empty() {

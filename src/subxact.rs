@@ -1,12 +1,14 @@
-//! An internal subtransaction, as PL/pgSQL's EXCEPTION blocks use: lets
-//! `compress_room` undo all its writes when the result would not pay off, while still
-//! returning its summary in the caller's transaction.
+//! Internal subtransactions, as PL/pgSQL's EXCEPTION blocks use: `compress_room` undoes
+//! all its writes when the result would not pay off, and a scheduled chunk that fails
+//! is rolled back alone.
 
 use pgrx::pg_sys;
 
 pub struct SubTransaction {
     memory: pg_sys::MemoryContext,
     owner: pg_sys::ResourceOwner,
+    /// Nesting level of this subtransaction.
+    level: i32,
 }
 
 impl SubTransaction {
@@ -18,16 +20,61 @@ impl SubTransaction {
             let owner = pg_sys::CurrentResourceOwner;
             pg_sys::BeginInternalSubTransaction(std::ptr::null());
             pg_sys::MemoryContextSwitchTo(memory);
-            SubTransaction { memory, owner }
+            let level = pg_sys::GetCurrentTransactionNestLevel();
+            SubTransaction {
+                memory,
+                owner,
+                level,
+            }
         }
     }
 
+    /// Keep (release) or undo (roll back) the subtransaction. Undoing also rolls back
+    /// any subtransaction begun inside it and left open by an error that unwound past
+    /// its owner: the caller's transaction is back at the level it began at.
     pub fn end(self, keep: bool) {
         // SAFETY: pairs with `begin`; nothing opened inside (cursors) outlives it.
         unsafe {
             if keep {
                 pg_sys::ReleaseCurrentSubTransaction();
             } else {
+                while pg_sys::GetCurrentTransactionNestLevel() >= self.level {
+                    pg_sys::RollbackAndReleaseCurrentSubTransaction();
+                }
+            }
+            pg_sys::MemoryContextSwitchTo(self.memory);
+            pg_sys::CurrentResourceOwner = self.owner;
+        }
+    }
+}
+
+/// Where the caller's transaction stands, to return there if an error unwinds through
+/// code that began subtransactions (the error is then re-raised).
+pub struct Level {
+    memory: pg_sys::MemoryContext,
+    owner: pg_sys::ResourceOwner,
+    level: i32,
+}
+
+impl Level {
+    pub fn here() -> Level {
+        // SAFETY: reading backend globals on the backend's thread.
+        unsafe {
+            Level {
+                memory: pg_sys::CurrentMemoryContext,
+                owner: pg_sys::CurrentResourceOwner,
+                level: pg_sys::GetCurrentTransactionNestLevel(),
+            }
+        }
+    }
+
+    /// Roll back every subtransaction begun since `here()`. Without this, a caller that
+    /// catches the error (a PL/pgSQL EXCEPTION block) would roll back our inner
+    /// subtransaction instead of its own, and keep its block's writes.
+    pub fn unwind(&self) {
+        // SAFETY: only subtransactions begun after `here()` are rolled back.
+        unsafe {
+            while pg_sys::GetCurrentTransactionNestLevel() > self.level {
                 pg_sys::RollbackAndReleaseCurrentSubTransaction();
             }
             pg_sys::MemoryContextSwitchTo(self.memory);

@@ -22,6 +22,11 @@ use crate::verify::{self, Base, Proposal};
 pub const MAX_RESOLVE_HOPS: usize = 20_000;
 /// Largest chunk accepted (groups per chunk).
 pub const MAX_CHUNK_SIZE: usize = 100_000;
+/// Distinct strings a run keeps interned before it starts a new dictionary (and drops
+/// the nodes carried between chunks): about 100 MB at most.
+const DICTIONARY_LIMIT: usize = 1_000_000;
+/// State entries (8 bytes each) of the last chunk's nodes carried to the next chunk.
+const CARRY_LIMIT: usize = 8_000_000;
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -89,6 +94,8 @@ pub struct Summary {
     pub not_written: Option<NotWritten>,
     pub chunks: u64,
     pub elapsed_ms: u64,
+    /// Where a written run left the room, to continue from (saved like the worker's).
+    pub end: Option<crate::incremental::Progress>,
 }
 
 impl Summary {
@@ -116,12 +123,28 @@ struct Placement {
     depth: u32,
 }
 
+/// A run's state before a chunk (see `Run::checkpoint`).
+pub struct Checkpoint {
+    levels: Levels,
+    memo: FxHashMap<GroupId, Placement>,
+    after: GroupId,
+    remaining: Option<u64>,
+    summary: Summary,
+    finished: bool,
+}
+
 /// A compression of one room in progress.
 pub struct Run {
     room: String,
     opts: Options,
     levels: Levels,
     memo: FxHashMap<GroupId, Placement>,
+    /// Strings interned so far in this run, and the last chunk's nodes (with their
+    /// states) plus the level heads' ancestry: most lookups below a chunk land there
+    /// instead of reloading a chain from the database. Both are dropped when the
+    /// dictionary outgrows `DICTIONARY_LIMIT`, so memory stays bounded by the chunk.
+    dict: Dictionary,
+    carry: FxHashMap<GroupId, Rc<Node>>,
     after: GroupId,
     upto: GroupId,
     remaining: Option<u64>,
@@ -142,12 +165,17 @@ impl Run {
         };
         let levels = Levels::new(&opts.levels);
         let after = opts.after_group.unwrap_or(0);
-        Self::resume(store, room, opts, levels, after, upto)
+        let mut run = Self::resume(room, opts, levels, after, upto)?;
+        let mut total = store.count_groups(room, after, upto)?;
+        if let Some(m) = run.opts.max_groups {
+            total = total.min(m as u64);
+        }
+        run.total = total;
+        Ok(run)
     }
 
     /// Continue from saved levels after group `after`, up to group `upto`.
     pub fn resume(
-        store: &mut dyn Store,
         room: &str,
         opts: Options,
         levels: Levels,
@@ -155,14 +183,6 @@ impl Run {
         upto: GroupId,
     ) -> Result<Run> {
         opts.validate()?;
-        let mut total = if after < upto {
-            store.count_groups(room, after, upto)?
-        } else {
-            0
-        };
-        if let Some(m) = opts.max_groups {
-            total = total.min(m as u64);
-        }
         let summary = Summary {
             room_id: room.to_owned(),
             dry_run: opts.dry_run,
@@ -174,9 +194,11 @@ impl Run {
             opts,
             levels,
             memo: FxHashMap::default(),
+            dict: Dictionary::default(),
+            carry: FxHashMap::default(),
             after,
             upto,
-            total,
+            total: 0,
             summary,
             started: Instant::now(),
             finished: false,
@@ -193,9 +215,32 @@ impl Run {
     pub fn position(&self) -> GroupId {
         self.after
     }
-    /// Groups this run will process in all (for progress reports).
+    /// Groups this run will process in all (for progress reports; 0 when resumed).
     pub fn total(&self) -> u64 {
         self.total
+    }
+
+    /// What a failed chunk must not leave behind: `restore` it to retry the chunk
+    /// after the database undid the chunk's writes (serialization failure, deadlock).
+    pub fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            levels: self.levels.clone(),
+            memo: self.memo.clone(),
+            after: self.after,
+            remaining: self.remaining,
+            summary: self.summary.clone(),
+            finished: self.finished,
+        }
+    }
+
+    pub fn restore(&mut self, cp: Checkpoint) {
+        self.carry.clear();
+        self.levels = cp.levels;
+        self.memo = cp.memo;
+        self.after = cp.after;
+        self.remaining = cp.remaining;
+        self.summary = cp.summary;
+        self.finished = cp.finished;
     }
 
     /// Process the next chunk; `None` when the room is done.
@@ -234,10 +279,15 @@ impl Run {
         store: &mut dyn Store,
         chunk: crate::store::Chunk,
     ) -> Result<ChunkReport> {
-        let mut dict = Dictionary::default();
+        if self.dict.len() > DICTIONARY_LIMIT {
+            self.dict = Dictionary::default();
+            self.carry.clear();
+        }
+        let dict = &mut self.dict;
         let mut outside = Outside {
             room: &self.room,
             memo: &self.memo,
+            carry: &self.carry,
             cache: FxHashMap::default(),
         };
 
@@ -256,7 +306,7 @@ impl Run {
             report.rows_before += g.rows.len() as u64;
             let resolved: std::result::Result<(Option<GroupId>, State, Rc<State>), String> =
                 (|| {
-                    let own = State::from_rows(&mut dict, &g.rows)
+                    let own = State::from_rows(dict, &g.rows)
                         .map_err(|_| "rows name one key with different events".to_string())?;
                     let prev = match g.prevs.as_slice() {
                         [] => None,
@@ -270,7 +320,7 @@ impl Run {
                             let base = match states.get(&p) {
                                 Some(Some(s)) => s.clone(),
                                 Some(None) => return Err(format!("predecessor {p} is broken")),
-                                None => outside.resolve(store, &mut dict, p)?.state.clone(),
+                                None => outside.resolve(store, dict, p)?.state.clone(),
                             };
                             Rc::new(base.overlay(&own))
                         }
@@ -306,7 +356,7 @@ impl Run {
         drop(states);
 
         let plan = planner::plan_chunk(&inputs, &mut self.levels, &mut |id| {
-            outside.node(store, &mut dict, id)
+            outside.node(store, dict, id)
         })?;
 
         // Verify every rewrite against the original state before anything is written.
@@ -329,7 +379,7 @@ impl Run {
                     let base_node = match prev {
                         Some(b) => Some(match plan.nodes.get(b) {
                             Some(n) => n.clone(),
-                            None => outside.node(store, &mut dict, *b)?,
+                            None => outside.node(store, dict, *b)?,
                         }),
                         None => None,
                     };
@@ -351,7 +401,7 @@ impl Run {
                     rewrites.push(Rewrite {
                         group: p.id,
                         prev: *prev,
-                        rows: delta.rows(&dict),
+                        rows: delta.rows(dict),
                     });
                 }
             }
@@ -388,7 +438,24 @@ impl Run {
                 cur = self.memo.get(&id).and_then(|p| p.prev);
             }
         }
-        self.memo.retain(|id, _| keep.contains(id));
+        // A dry run writes nothing, so the database still holds the old tree: it keeps
+        // every placement, since the planner may base a group on any earlier group of
+        // its branch.
+        if !self.opts.dry_run {
+            self.memo.retain(|id, _| keep.contains(id));
+        }
+        let entries: usize = plan.nodes.values().map(|n| n.state.len()).sum();
+        let mut carry: FxHashMap<GroupId, Rc<Node>> = if entries <= CARRY_LIMIT {
+            plan.nodes.clone()
+        } else {
+            FxHashMap::default()
+        };
+        for id in &keep {
+            if let Some(n) = plan.nodes.get(id).or_else(|| self.carry.get(id)) {
+                carry.insert(*id, n.clone());
+            }
+        }
+        self.carry = carry;
         Ok(report)
     }
 }
@@ -399,6 +466,7 @@ impl Run {
 struct Outside<'a> {
     room: &'a str,
     memo: &'a FxHashMap<GroupId, Placement>,
+    carry: &'a FxHashMap<GroupId, Rc<Node>>,
     cache: FxHashMap<GroupId, std::result::Result<Rc<Node>, String>>,
 }
 
@@ -441,6 +509,9 @@ impl Outside<'_> {
     ) -> Result<std::result::Result<Rc<Node>, String>> {
         if let Some(found) = self.cache.get(&id) {
             return Ok(found.clone());
+        }
+        if let Some(node) = self.carry.get(&id) {
+            return Ok(Ok(node.clone()));
         }
         let chain = store.load_chain(id, MAX_RESOLVE_HOPS)?;
         let found = fold_chain(dict, &chain, id).map(|(state, depth, prev)| {
@@ -551,6 +622,12 @@ pub fn compress_room(
         None
     };
     summary.written = summary.not_written.is_none();
+    if summary.written {
+        summary.end = Some(crate::incremental::Progress {
+            last_compressed: run.position(),
+            levels: run.levels().clone(),
+        });
+    }
     if !dry_run {
         store.end_atomic(summary.written)?;
     }

@@ -9,6 +9,7 @@ pub mod engine;
 pub mod error;
 pub mod generator;
 pub mod hash;
+pub mod incremental;
 pub mod levels;
 pub mod memstore;
 pub mod model;

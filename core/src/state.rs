@@ -12,8 +12,8 @@ pub type KeyId = u32;
 /// An interned event id.
 pub type EventId = u32;
 
-/// Strings seen in one chunk, interned. Dropped at the end of each chunk so memory
-/// depends on the chunk, not on the room.
+/// Strings seen by a run, interned. The engine starts a new one when it grows past a
+/// limit, so memory depends on the chunk, not on the room.
 #[derive(Default)]
 pub struct Dictionary {
     strings: FxHashMap<Box<str>, u32>,
@@ -43,6 +43,15 @@ impl Dictionary {
         self.key_parts.push(parts);
         self.keys.insert(parts, k);
         k
+    }
+
+    /// Strings interned.
+    pub fn len(&self) -> usize {
+        self.texts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.texts.is_empty()
     }
 
     pub fn event(&mut self, event_id: &str) -> EventId {

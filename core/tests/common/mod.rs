@@ -133,3 +133,13 @@ pub fn check_invariants(before: &MemStore, after: &MemStore, max_hops: u32) {
 pub fn total_rows(s: &MemStore) -> usize {
     s.tables.rows.values().map(Vec::len).sum()
 }
+
+/// The longest stored chain of any group (hops); untouched groups keep theirs.
+pub fn max_depth(s: &MemStore) -> u32 {
+    s.tables
+        .groups
+        .keys()
+        .filter_map(|&id| s.depth(id))
+        .max()
+        .unwrap_or(0)
+}

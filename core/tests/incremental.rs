@@ -1,0 +1,217 @@
+//! The worker's path: a room compressed one chunk per "transaction" from saved
+//! progress, with Synapse adding groups in between. Every group must keep its state,
+//! nothing may grow, and stale saved levels must be detected.
+
+mod common;
+use common::*;
+
+use synapse_compress_core::generator;
+use synapse_compress_core::incremental::{compress_chunk, ChunkLimits, ChunkOutcome, Progress};
+use synapse_compress_core::memstore::MemStore;
+use synapse_compress_core::rng::Rng;
+use synapse_compress_core::{GroupId, LevelSpec, Levels, RawGroup};
+
+fn load(seed: u64) -> (MemStore, Vec<String>) {
+    let mut s = MemStore::default();
+    let mut rooms = Vec::new();
+    generator::generate(&generator::random(seed), &mut |g| {
+        let room = g.group.room_id.clone().expect("rooms");
+        if !rooms.contains(&room) {
+            rooms.push(room);
+        }
+        s.insert(g.group);
+    });
+    (s, rooms)
+}
+
+fn fresh(levels: &str) -> Progress {
+    Progress {
+        last_compressed: 0,
+        levels: Levels::new(&LevelSpec::parse(levels).unwrap()),
+    }
+}
+
+/// Compress `room` chunk by chunk up to `upto`; returns the outcomes.
+fn drain(s: &mut MemStore, room: &str, p: &mut Progress, limits: ChunkLimits) -> Vec<ChunkOutcome> {
+    let mut out = Vec::new();
+    for _ in 0..100_000 {
+        let rows = total_rows(s);
+        let r = compress_chunk(s, room, p, limits).expect("chunk");
+        assert!(total_rows(s) <= rows, "a chunk made the room grow");
+        if let ChunkOutcome::NotSaved { .. } = r.outcome {
+            assert_eq!(total_rows(s), rows, "an undone chunk left writes");
+        }
+        *p = r.progress;
+        if let ChunkOutcome::Done = r.outcome {
+            return out;
+        }
+        out.push(r.outcome);
+    }
+    panic!("compression of {room} never finished");
+}
+
+/// A new group on the room's newest one, as Synapse would write it meanwhile.
+fn synapse_writes(s: &MemStore, room: &str, rng: &mut Rng) -> RawGroup {
+    let next = s.tables.groups.keys().max().copied().unwrap_or(0) + 1;
+    let prev = s
+        .tables
+        .groups
+        .iter()
+        .filter(|(_, r)| *r == room)
+        .map(|(id, _)| *id)
+        .max();
+    let key = format!("@late{}:hs", rng.below(5));
+    group(
+        next,
+        room,
+        prev,
+        vec![row("m.room.member", &key, &format!("$late{next}"))],
+    )
+}
+
+#[test]
+fn chunk_by_chunk_with_concurrent_writes_keeps_every_groups_state() {
+    let mut written = 0;
+    for seed in 0..40u64 {
+        let mut rng = Rng::derive(seed, 11);
+        let (mut s, rooms) = load(seed);
+        if seed % 4 == 0 {
+            // Synapse's own markers: never rewritten, never a base.
+            let ids: Vec<GroupId> = s.tables.groups.keys().copied().collect();
+            for _ in 0..3 {
+                s.tables.pending_deletion.insert(ids[rng.index(ids.len())]);
+                s.tables.persisting.insert(ids[rng.index(ids.len())]);
+            }
+        }
+        let mut before = s.clone();
+        let chunk_size = [1, 7, 50, 500][rng.index(4)];
+        for room in &rooms {
+            let mut p = fresh("100,50,25");
+            // Two "runs": each compresses what existed when it started, while new
+            // groups arrive; the second continues from the first's progress.
+            for _ in 0..2 {
+                let upto = *s.tables.groups.keys().max().unwrap();
+                let limits = ChunkLimits {
+                    chunk_size,
+                    upto,
+                    min_saved_rows: 0,
+                };
+                let rows = total_rows(&s);
+                let outcomes = drain(&mut s, room, &mut p, limits);
+                written += outcomes
+                    .iter()
+                    .filter(|o| matches!(o, ChunkOutcome::Written(r) if r.changed > 0))
+                    .count();
+                assert!(total_rows(&s) <= rows);
+                for _ in 0..rng.below(30) {
+                    let g = synapse_writes(&s, room, &mut rng);
+                    before.insert(g.clone());
+                    s.insert(g);
+                }
+            }
+        }
+        check_invariants(&before, &s, 175.max(max_depth(&before)));
+    }
+    assert!(
+        written > 25,
+        "too few chunks written to prove anything: {written}"
+    );
+}
+
+#[test]
+fn chunks_that_pay_equal_one_run() {
+    let mut one = MemStore::default();
+    linear_room(&mut one, "!r:hs", 1, 1500);
+    let mut chunked = one.clone();
+    let summary = compress(&mut one, "!r:hs", opts("100,50,25", 500));
+    let mut p = fresh("100,50,25");
+    let limits = ChunkLimits {
+        chunk_size: 250,
+        upto: 1500,
+        min_saved_rows: 0,
+    };
+    let outcomes = drain(&mut chunked, "!r:hs", &mut p, limits);
+    assert!(outcomes
+        .iter()
+        .all(|o| matches!(o, ChunkOutcome::Written(_))));
+    assert_eq!(one.tables, chunked.tables);
+    assert_eq!(
+        summary.end.as_ref(),
+        Some(&p),
+        "compress_room reports the same progress"
+    );
+}
+
+#[test]
+fn a_chunk_below_the_minimum_is_undone_and_levels_restart() {
+    let mut s = MemStore::default();
+    linear_room(&mut s, "!r:hs", 1, 400);
+    let before = s.clone();
+    let mut p = fresh("100,50,25");
+    let limits = ChunkLimits {
+        chunk_size: 150,
+        upto: 400,
+        min_saved_rows: 1_000_000,
+    };
+    let outcomes = drain(&mut s, "!r:hs", &mut p, limits);
+    let undone = outcomes
+        .iter()
+        .filter(|o| matches!(o, ChunkOutcome::NotSaved { .. }))
+        .count();
+    assert!(undone >= 1, "{outcomes:?}");
+    // The rest changed nothing (the first chunk is already as the levels want it).
+    assert!(outcomes.iter().all(|o| match o {
+        ChunkOutcome::Written(r) => r.changed == 0,
+        _ => true,
+    }));
+    assert_eq!(s.tables, before.tables);
+    assert_eq!(p.last_compressed, 400);
+}
+
+#[test]
+fn stale_saved_levels_are_detected_and_restarted() {
+    let mut s = MemStore::default();
+    linear_room(&mut s, "!r:hs", 1, 600);
+    let mut p = fresh("100,50,25");
+    let limits = ChunkLimits {
+        chunk_size: 300,
+        upto: 300,
+        min_saved_rows: 0,
+    };
+    drain(&mut s, "!r:hs", &mut p, limits);
+    // Someone else rebuilds the room with long chains: the saved heads are now deeper
+    // than the saved levels allow.
+    compress(&mut s, "!r:hs", opts("600", 1000));
+    let before = s.clone();
+    let limits = ChunkLimits {
+        chunk_size: 100,
+        upto: 600,
+        min_saved_rows: 0,
+    };
+    let r = compress_chunk(&mut s, "!r:hs", &p, limits).unwrap();
+    assert!(r.levels_reset, "deep heads went unnoticed");
+    check_invariants(&before, &s, 600);
+    let mut p = r.progress;
+    drain(&mut s, "!r:hs", &mut p, limits);
+    check_invariants(&before, &s, 600);
+}
+
+#[test]
+fn small_chunks_save_about_as_much_as_one_run() {
+    let mut one = MemStore::default();
+    linear_room(&mut one, "!r:hs", 1, 3000);
+    let mut chunked = one.clone();
+    compress(&mut one, "!r:hs", opts("100,50,25", 100_000));
+    let mut p = fresh("100,50,25");
+    let limits = ChunkLimits {
+        chunk_size: 60,
+        upto: 3000,
+        min_saved_rows: 0,
+    };
+    drain(&mut chunked, "!r:hs", &mut p, limits);
+    let (whole, small) = (total_rows(&one), total_rows(&chunked));
+    assert!(
+        small * 10 <= whole * 12,
+        "60-group chunks left {small} rows, one run {whole}"
+    );
+}

@@ -1,0 +1,301 @@
+#!/usr/bin/env bash
+# Fault tests of compress_room on a big room (headline preset, --scale 0.3 by default:
+# ~22,000 groups, ~675,000 rows), on the stress test's throwaway cluster:
+#   kill      kill -9 of the backend mid-run; crash recovery; nothing half-written
+#   cancel    pg_cancel_backend at three moments of a run: stop latency, state intact
+#   timeout   SET statement_timeout = '500ms': stop latency after the timeout, intact
+#   diskfull  an ERROR injected after N inserted rows (a trigger raising disk_full, then
+#             out_of_memory), and temp_file_limit: the run aborts cleanly, or goes on
+#             having skipped what failed, never leaving half a rewrite
+#   block     the injected error inside a PL/pgSQL EXCEPTION block: the block's own
+#             work is undone with it and the transaction can still commit
+# then a normal run must succeed with every sampled group resolving as before.
+#
+#   bash pgrx-tests/stress/faults.sh [--scale F] [--max-stop SECONDS]
+# "Intact" = the state tables are exactly as before (a multiset hash of every row of
+# state_groups, state_group_edges and state_groups_state), which implies every group
+# resolves as before. Prints each measured stop latency; last line PASS or FAIL.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$ROOT"
+DIR=${STRESS_DIR:-/tmp/synapse_compress/stress}
+PORT=${STRESS_PORT:-55442}
+DB=faults
+GEN="$ROOT/target/release/synapse-compress-gen"
+LOGS=/tmp/synapse_compress/stress-logs
+SCALE=0.3
+MAX_STOP=1.0    # seconds allowed between the interrupt and the end of the statement
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --scale) SCALE=$2; shift 2 ;;
+        --max-stop) MAX_STOP=$2; shift 2 ;;
+        *) sed -n '14p' "$0" | sed 's/^# *//' >&2; exit 2 ;;
+    esac
+done
+
+mkdir -p /tmp/synapse_compress "$LOGS"
+chmod a+rx /tmp/synapse_compress
+[ -x "$GEN" ] || cargo build --release -q -p synapse_compress_core --bins
+# shellcheck source=pgrx-tests/stress/common.sh
+source pgrx-tests/stress/common.sh
+# syncfs: crash recovery first syncs the data directory; file by file takes long here.
+stress_cluster "recovery_init_sync_method = syncfs"
+
+export PGOPTIONS='-c client_min_messages=warning'
+q() { psql -X -q -v ON_ERROR_STOP=1 -d "$DB" "$@"; }
+val() { q -At -c "$1"; }
+now() { date +%s%N; }
+ms() { echo $(( ($2 - $1) / 1000000 )); }
+failures=0
+fail() { echo "   FAIL: $*"; failures=$((failures + 1)); }
+ok() { echo "   ok: $*"; }
+t_section=$(date +%s)
+section() { echo "== $* ($(( $(date +%s) - t_section ))s so far)"; }
+
+t_start=$(date +%s)
+echo "== setup: headline room, scale $SCALE"
+bash scripts/cluster.sh createdb "$DIR" "$PORT" "$DB" >/dev/null
+q -c "CREATE EXTENSION synapse_compress" -f pgrx-tests/lib.sql -f pgrx-tests/sim.sql
+"$GEN" --preset headline --scale "$SCALE" --seed 5 2>/dev/null | q >/dev/null
+q -c "VACUUM ANALYZE" -c "CHECKPOINT"   # crash recovery replays from here
+ROOM=$(val "SELECT room_id FROM state_groups GROUP BY 1 ORDER BY count(*) DESC LIMIT 1")
+echo "   $(val "SELECT count(*) FROM state_groups") groups, $(val "SELECT count(*) FROM state_groups_state") rows"
+
+# A multiset hash of every row of the three tables: equal = nothing written.
+DIGEST_SQL="SELECT (SELECT count(*) || ':' || coalesce(sum(hashtextextended(
+                      concat_ws(E'\x1f', state_group, room_id, type, state_key, event_id), 0)), 0)
+                    FROM state_groups_state) || '|' ||
+                   (SELECT count(*) || ':' || coalesce(sum(hashtextextended(state_group || '>' || prev_state_group, 0)), 0)
+                    FROM state_group_edges) || '|' ||
+                   (SELECT count(*) || ':' || coalesce(sum(hashtextextended(id || room_id || event_id, 0)), 0)
+                    FROM state_groups)"
+DIGEST0=$(val "$DIGEST_SQL")
+# Resolved state of 100 sampled groups (for the final run, which does write).
+q -c "CREATE TABLE sc_fault_sample AS SELECT id AS state_group, (sc_sim.state_digest(id)).digest
+      FROM (SELECT id FROM state_groups ORDER BY random() LIMIT 100) s"
+
+SAMPLE_SQL="SELECT count(*) FROM sc_fault_sample s, sc_sim.state_digest(s.state_group) d
+            WHERE d.digest IS DISTINCT FROM s.digest"
+
+intact() {  # $1: what happened
+    local d
+    d=$(val "$DIGEST_SQL")
+    if [ "$d" = "$DIGEST0" ]; then ok "$1: state tables unchanged"; else fail "$1: state tables changed ($DIGEST0 -> $d)"; fi
+    local locks
+    locks=$(val "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
+    [ "$locks" = 0 ] || fail "$1: $locks advisory lock(s) still held"
+}
+
+# Start compress_room in the background (application_name sc_fault_$1), in a
+# transaction rolled back at the end: a run the fault misses writes nothing.
+# $2: SQL run first in that transaction. Sets BG (psql pid) and BACKEND (server pid).
+start_compress() {
+    local tag=$1 pre=$2 i
+    PGAPPNAME="sc_fault_$tag" psql -X -q -d "$DB" \
+        -v room="$ROOM" >"$LOGS/fault_$tag.log" 2>&1 <<SQL &
+\\set VERBOSITY verbose
+BEGIN;
+$pre
+SELECT * FROM compress_room(:'room');
+ROLLBACK;
+SQL
+    BG=$!
+    BACKEND=''
+    for i in $(seq 400); do
+        BACKEND=$(val "SELECT pid FROM pg_stat_activity WHERE application_name = 'sc_fault_$tag'
+                       AND state = 'active' AND query LIKE '%compress_room%'")
+        [ -n "$BACKEND" ] && return 0
+        kill -0 "$BG" 2>/dev/null || break
+        sleep 0.02
+    done
+    return 1
+}
+
+# Wait for the background psql; prints the ms from $1 (ns) until it exited.
+wait_bg() {
+    local since=$1
+    while kill -0 "$BG" 2>/dev/null; do sleep 0.005; done
+    local end; end=$(now)
+    wait "$BG" || true
+    ms "$since" "$end"
+}
+
+still_running() {
+    [ "$(val "SELECT count(*) FROM pg_stat_activity WHERE pid = $BACKEND AND state = 'active'")" = 1 ]
+}
+
+# The first SQLSTATE of an ERROR in psql's verbose output ($1: file or '-' for stdin).
+sqlstate_of() { { grep -o 'ERROR:  [0-9A-Z]\{5\}' "$1" || true; } | sed -n '1s/^ERROR:  //p'; }
+
+within() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a / 1000 <= b) }'; }
+
+section "kill -9 of the backend mid-run"
+log_lines=$(wc -l <"$DIR/server.log")
+if start_compress kill ""; then
+    sleep 1.5
+    if still_running; then
+        kill -9 "$BACKEND"
+        t_kill=$(now)
+        wait_bg "$t_kill" >/dev/null
+        # The postmaster restarts every backend and replays WAL.
+        for _ in $(seq 600); do psql -X -q -d "$DB" -c "SELECT 1" >/dev/null 2>&1 && break; sleep 0.1; done
+        echo "   killed backend $BACKEND after 1.5 s; server accepting connections again after $(ms "$t_kill" "$(now)") ms"
+        tail -n +$((log_lines + 1)) "$DIR/server.log" | grep "terminated by signal 9" >/dev/null \
+            && ok "server log shows the crash and recovery" || fail "no crash in the server log"
+        intact "after kill -9 and crash recovery"
+    else
+        wait "$BG" || true
+        fail "compress_room ended before the kill (took < 1.5 s)"
+    fi
+else
+    fail "could not see the compress_room backend"
+fi
+
+section "pg_cancel_backend"
+for at in 0.3 1.2 2.5; do
+    if start_compress "cancel" ""; then
+        sleep "$at"
+        if still_running; then
+            val "SELECT pg_cancel_backend($BACKEND)" >/dev/null
+            t_sig=$(now)
+            lat=$(wait_bg "$t_sig")
+            code=$(sqlstate_of "$LOGS/fault_cancel.log")
+            echo "   cancelled after ${at} s: stopped ${lat} ms after the signal (SQLSTATE ${code:-none})"
+            [ "$code" = 57014 ] || fail "cancel at ${at} s: expected SQLSTATE 57014, got ${code:-none}"
+            within "$lat" "$MAX_STOP" || fail "cancel at ${at} s: took ${lat} ms to stop (> ${MAX_STOP} s)"
+            intact "after cancel at ${at} s"
+        else
+            wait "$BG" || true
+            fail "compress_room ended before the cancel at ${at} s"
+        fi
+    else
+        fail "could not see the compress_room backend"
+    fi
+done
+
+section "statement_timeout = 500ms"
+t0=$(now)
+if start_compress "timeout" "SET LOCAL statement_timeout = '500ms';"; then
+    total=$(wait_bg "$t0")
+    code=$(sqlstate_of "$LOGS/fault_timeout.log")
+    over=$(( total - 500 ))
+    echo "   statement ended ${total} ms after it started: ${over} ms after the timeout (SQLSTATE ${code:-none})"
+    [ "$code" = 57014 ] || fail "statement_timeout: expected SQLSTATE 57014, got ${code:-none}"
+    within "$over" "$MAX_STOP" || fail "statement_timeout: stopped ${over} ms after the timeout (> ${MAX_STOP} s)"
+    intact "after statement_timeout"
+else
+    wait "$BG" || true
+    code=$(sqlstate_of "$LOGS/fault_timeout.log")
+    total=$(ms "$t0" "$(now)")
+    echo "   statement ended ${total} ms after it started (SQLSTATE ${code:-none})"
+    [ "$code" = 57014 ] || fail "statement_timeout: expected SQLSTATE 57014, got ${code:-none}"
+    intact "after statement_timeout"
+fi
+
+section "injected errors while writing (disk full, out of memory) and temp_file_limit"
+q <<'SQL'
+-- Raises sc_fault.errcode once sc_fault.limit rows were inserted into
+-- state_groups_state in this transaction (only where sc_fault.limit is set).
+CREATE FUNCTION sc_fault_after_rows() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE n bigint := coalesce(nullif(current_setting('sc_fault.rows', true), ''), '0')::bigint + 1;
+BEGIN
+  PERFORM set_config('sc_fault.rows', n::text, true);
+  IF n >= current_setting('sc_fault.limit')::bigint THEN
+    RAISE EXCEPTION 'injected fault after % rows written', n
+      USING ERRCODE = current_setting('sc_fault.errcode');
+  END IF;
+  RETURN NULL;
+END $$;
+CREATE TRIGGER sc_fault AFTER INSERT ON state_groups_state FOR EACH ROW
+  WHEN (coalesce(current_setting('sc_fault.limit', true), '') <> '')
+  EXECUTE FUNCTION sc_fault_after_rows();
+SQL
+for spec in "disk_full:53100:500" "out_of_memory:53200:2000"; do
+    IFS=: read -r name errcode limit <<<"$spec"
+    t0=$(now)
+    out=$(PGOPTIONS="$PGOPTIONS -c sc_fault.limit=$limit -c sc_fault.errcode=$errcode" \
+          psql -X -q -d "$DB" -v room="$ROOM" 2>&1 <<'SQL' || true
+\set VERBOSITY verbose
+SELECT groups_changed, groups_skipped, written FROM compress_room(:'room');
+SQL
+)
+    code=$(sqlstate_of - <<<"$out")
+    if [ -n "$code" ]; then
+        echo "   $name after $limit rows: compress_room failed with SQLSTATE $code ($(ms "$t0" "$(now)") ms)"
+        [ "$code" = "$errcode" ] || fail "$name: expected SQLSTATE $errcode, got $code"
+        intact "after $name"
+    else
+        # It went on: then what it wrote must be whole and right.
+        echo "   $name after $limit rows: compress_room returned: $(tail -1 <<<"$out")"
+        bad=$(val "$SAMPLE_SQL")
+        [ "$bad" = 0 ] || fail "$name: $bad sampled groups resolve differently after the run"
+        DIGEST0=$(val "$DIGEST_SQL")
+    fi
+done
+q -c "DROP TRIGGER sc_fault ON state_groups_state"
+
+t0=$(now)
+out=$(psql -X -q -d "$DB" -v room="$ROOM" 2>&1 <<'SQL' || true
+\set VERBOSITY verbose
+SET work_mem = '64kB';
+SET temp_file_limit = '64kB';
+BEGIN;
+SELECT groups_changed, written FROM compress_room(:'room');
+ROLLBACK;
+SQL
+)
+code=$(sqlstate_of - <<<"$out")
+if [ -n "$code" ]; then
+    echo "   temp_file_limit 64kB (work_mem 64kB): compress_room failed with SQLSTATE $code ($(ms "$t0" "$(now)") ms)"
+    [ "$code" = 53400 ] || fail "temp_file_limit: expected SQLSTATE 53400, got $code"
+else
+    echo "   temp_file_limit 64kB (work_mem 64kB): not reached (compress_room used no temporary files)"
+fi
+intact "after temp_file_limit"
+
+section "an error inside a PL/pgSQL EXCEPTION block"
+out=$(PGOPTIONS="$PGOPTIONS -c sc_fault.limit=2000 -c sc_fault.errcode=53100" \
+      psql -X -q -d "$DB" -v room="$ROOM" 2>&1 <<'SQL' || true
+CREATE TEMP TABLE sc_fault_marker (x int);
+CREATE TRIGGER sc_fault AFTER INSERT ON state_groups_state FOR EACH ROW
+  WHEN (coalesce(current_setting('sc_fault.limit', true), '') <> '')
+  EXECUTE FUNCTION sc_fault_after_rows();
+SET sc_fault.room = :'room';
+DO $$
+BEGIN
+  BEGIN
+    INSERT INTO sc_fault_marker VALUES (1);          -- undone if the block fails
+    PERFORM compress_room(current_setting('sc_fault.room'));
+  EXCEPTION WHEN OTHERS THEN
+    RAISE WARNING 'caught %: %', SQLSTATE, SQLERRM;
+  END;
+  RAISE WARNING 'marker rows after the block: %', (SELECT count(*) FROM sc_fault_marker);
+END $$;
+SELECT 'next statement ran: ' || count(*) FROM sc_fault_marker;
+DROP TRIGGER sc_fault ON state_groups_state;
+SQL
+)
+sed 's/^/   | /' <<<"$out"
+grep -q 'caught 53100' <<<"$out" || fail "exception block: the injected error was not raised to the block"
+grep -q 'marker rows after the block: 0' <<<"$out" \
+    || fail "exception block: the block's own work survived its rollback (compress_room left its subtransaction open)"
+grep -q 'next statement ran: ' <<<"$out" \
+    || fail "exception block: the session could not go on after the block"
+q -c "DROP TRIGGER IF EXISTS sc_fault ON state_groups_state"
+intact "after the exception block"
+
+section "a normal run afterwards (the first 4000 groups)"
+q -v room="$ROOM" <<'SQL' >/dev/null
+SELECT * FROM compress_room(:'room', max_groups => 4000);
+SQL
+res=$(val "SELECT count(*) FROM state_groups_state")
+bad=$(val "$SAMPLE_SQL")
+shape=$(val "SELECT (SELECT count(*) FROM state_group_edges WHERE prev_state_group >= state_group)
+               + (SELECT count(*) FROM (SELECT 1 FROM state_group_edges GROUP BY state_group HAVING count(*) > 1) x)
+               + (SELECT count(*) FROM state_group_edges e WHERE NOT EXISTS (SELECT 1 FROM state_groups g WHERE g.id = e.prev_state_group))")
+echo "   compressed to $res rows; $bad of 100 sampled groups resolve differently; $shape malformed edges"
+[ "$bad" = 0 ] && [ "$shape" = 0 ] && ok "normal run after the faults" || fail "normal run after the faults"
+
+echo "== $(( $(date +%s) - t_start ))s, $failures failure(s)"
+if [ "$failures" = 0 ]; then echo PASS; else echo FAIL; exit 1; fi

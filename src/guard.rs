@@ -1,0 +1,89 @@
+//! Containing the failure of one unit of scheduled work, as PL/pgSQL's EXCEPTION blocks
+//! do: the unit runs in a subtransaction; an error (from PostgreSQL or the core) rolls
+//! back only that unit and is returned. Serialization failures and deadlocks are retried
+//! a few times, as Synapse retries its own transactions.
+//!
+//! Errors that must stop the whole statement are re-raised, never swallowed: query
+//! cancel and statement_timeout, shutdown, and resource exhaustion (out of memory,
+//! disk full), which would only fail again on the next room.
+
+use std::panic::AssertUnwindSafe;
+
+use pgrx::pg_sys::panic::CaughtError;
+use pgrx::{PgSqlErrorCode, PgTryBuilder};
+use synapse_compress_core::Error;
+
+use crate::errors;
+use crate::subxact::SubTransaction;
+
+pub const MAX_ATTEMPTS: u32 = 3;
+
+/// Why a unit failed, for the room's record.
+#[derive(Debug)]
+pub struct Failure {
+    pub sqlstate: String,
+    pub message: String,
+    pub attempts: u32,
+}
+
+enum Attempt<T> {
+    Done(T),
+    Failed(PgSqlErrorCode, String),
+    Rethrow(Box<CaughtError>),
+}
+
+/// Run `body` in a subtransaction; keep its writes if it returns `Ok`.
+pub fn contained<T>(mut body: impl FnMut() -> Result<T, Error>) -> Result<T, Failure> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let sub = SubTransaction::begin();
+        let outcome = PgTryBuilder::new(AssertUnwindSafe(|| match body() {
+            Ok(v) => Attempt::Done(v),
+            Err(e) => Attempt::Failed(errors::sqlstate(&e), e.to_string()),
+        }))
+        .catch_others(|caught| match &caught {
+            CaughtError::PostgresError(r) | CaughtError::ErrorReport(r)
+                if !must_propagate(r.sql_error_code()) =>
+            {
+                Attempt::Failed(r.sql_error_code(), r.message().to_string())
+            }
+            _ => Attempt::Rethrow(Box::new(caught)),
+        })
+        .execute();
+        match outcome {
+            Attempt::Done(v) => {
+                sub.end(true);
+                return Ok(v);
+            }
+            Attempt::Rethrow(caught) => {
+                sub.end(false);
+                caught.rethrow();
+            }
+            Attempt::Failed(code, message) => {
+                sub.end(false);
+                let transient = matches!(
+                    code,
+                    PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE
+                        | PgSqlErrorCode::ERRCODE_T_R_DEADLOCK_DETECTED
+                        | PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE
+                );
+                if transient && attempt < MAX_ATTEMPTS {
+                    continue;
+                }
+                return Err(Failure {
+                    sqlstate: errors::sqlstate_text(code),
+                    message,
+                    attempts: attempt,
+                });
+            }
+        }
+    }
+}
+
+/// Classes 53 (insufficient resources), 57 (operator intervention: cancel, timeout,
+/// shutdown) and 58 (system error).
+fn must_propagate(code: PgSqlErrorCode) -> bool {
+    let state = errors::sqlstate_text(code);
+    state.starts_with("53") || state.starts_with("57") || state.starts_with("58")
+}

@@ -1,0 +1,125 @@
+//! A room's saved progress in the existing tool's tables (`state_compressor_progress`,
+//! `state_compressor_state`), read and written exactly as synapse_auto_compressor
+//! does, so either can continue where the other stopped.
+
+use pgrx::datum::DatumWithOid;
+use pgrx::spi::SpiClient;
+use synapse_compress_core::incremental::Progress;
+use synapse_compress_core::levels::Level;
+use synapse_compress_core::{Error, LevelSpec, Levels, Result};
+
+use crate::store::{free_result, spi};
+
+/// The room's progress, or a fresh start with `default` levels. Saved levels that do
+/// not make sense are replaced by fresh ones (always safe: the next group starts a
+/// new tree); `corrected` tells the caller.
+pub fn load(client: &SpiClient<'_>, room: &str, default: &LevelSpec) -> Result<(Progress, bool)> {
+    let args: [DatumWithOid; 1] = [room.into()];
+    let last = client
+        .select(
+            "SELECT last_compressed FROM state_compressor_progress WHERE room_id = $1",
+            None,
+            &args,
+        )
+        .map_err(spi)?;
+    let last_compressed = if last.is_empty() {
+        0
+    } else {
+        last.first().get_one::<i64>().map_err(spi)?.unwrap_or(0)
+    };
+    free_result();
+    let table = client
+        .select(
+            "SELECT max_size, current_length, current_head FROM state_compressor_state \
+             WHERE room_id = $1 ORDER BY level_num",
+            None,
+            &args,
+        )
+        .map_err(spi)?;
+    let mut saved = Vec::new();
+    for row in table {
+        let max_size = row.get::<i32>(1).map_err(spi)?.unwrap_or(0);
+        let current_length = row.get::<i32>(2).map_err(spi)?.unwrap_or(-1);
+        // The tool writes 0 for "no head" in some versions, NULL in others.
+        let head = row.get::<i64>(3).map_err(spi)?.filter(|h| *h > 0);
+        saved.push((max_size, current_length, head));
+    }
+    free_result();
+    if saved.is_empty() {
+        let levels = Levels::new(default);
+        return Ok((
+            Progress {
+                last_compressed: last_compressed.max(0),
+                levels,
+            },
+            false,
+        ));
+    }
+    let restored = saved
+        .iter()
+        .map(|&(max_size, current_length, head)| {
+            Ok(Level {
+                max_size: u32::try_from(max_size).map_err(|_| bad_level())?,
+                current_length: u32::try_from(current_length).map_err(|_| bad_level())?,
+                head,
+            })
+        })
+        .collect::<Result<Vec<Level>>>()
+        .and_then(Levels::restore);
+    Ok(match restored {
+        Ok(levels) => (
+            Progress {
+                last_compressed: last_compressed.max(0),
+                levels,
+            },
+            false,
+        ),
+        Err(_) => (
+            Progress {
+                last_compressed: last_compressed.max(0),
+                levels: Levels::new(default),
+            },
+            true,
+        ),
+    })
+}
+
+fn bad_level() -> Error {
+    Error::InvalidLevels("a saved level is negative".into())
+}
+
+/// Save the room's progress (in the caller's transaction, with the chunk's writes).
+pub fn save(client: &mut SpiClient<'_>, room: &str, p: &Progress) -> Result<()> {
+    let levels = p.levels.levels();
+    let nums: Vec<i32> = (1..=levels.len() as i32).collect();
+    let sizes: Vec<i32> = levels.iter().map(|l| l.max_size as i32).collect();
+    let lengths: Vec<i32> = levels.iter().map(|l| l.current_length as i32).collect();
+    let heads: Vec<Option<i64>> = levels.iter().map(|l| l.head).collect();
+    client
+        .update(
+            "DELETE FROM state_compressor_state WHERE room_id = $1",
+            None,
+            &[room.into()],
+        )
+        .map_err(spi)?;
+    free_result();
+    client
+        .update(
+            "INSERT INTO state_compressor_state (room_id, level_num, max_size, current_length, current_head) \
+             SELECT $1, u.n, u.s, u.l, u.h FROM unnest($2::int[], $3::int[], $4::int[], $5::bigint[]) AS u(n, s, l, h)",
+            None,
+            &[room.into(), nums.into(), sizes.into(), lengths.into(), heads.into()],
+        )
+        .map_err(spi)?;
+    free_result();
+    client
+        .update(
+            "INSERT INTO state_compressor_progress (room_id, last_compressed) VALUES ($1, $2) \
+             ON CONFLICT (room_id) DO UPDATE SET last_compressed = excluded.last_compressed",
+            None,
+            &[room.into(), p.last_compressed.into()],
+        )
+        .map_err(spi)?;
+    free_result();
+    Ok(())
+}

@@ -1,0 +1,247 @@
+//! The background worker: registered at server start when the library is preloaded,
+//! it runs `schedule` runs on `synapse_compress.database` every
+//! `synapse_compress.interval`, one chunk per transaction.
+//!
+//! Between chunks it checks for SIGTERM (stop), SIGHUP (reload settings), pause and its
+//! budget; between runs it sleeps on its latch, which `synapse_compress.run_now()` and
+//! `resume()` set. An error that escapes a run (the chunk-level ones are contained and
+//! recorded per room) ends the process; the postmaster restarts it and the next run
+//! closes the dead run as `crashed`.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use pgrx::bgworkers::{
+    BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
+};
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+
+use crate::gucs;
+use crate::schedule::{self, Source};
+
+/// Set in the postmaster when it preloads us (and inherited by every backend).
+static REGISTERED: AtomicBool = AtomicBool::new(false);
+
+/// `backend_type` in pg_stat_activity.
+pub const WORKER_TYPE: &str = "synapse_compress worker";
+/// How often an idle worker looks for run_now(), resume() and CREATE EXTENSION.
+const POLL: Duration = Duration::from_secs(5);
+
+pub fn registered() -> bool {
+    REGISTERED.load(Ordering::Relaxed)
+}
+
+/// From `_PG_init` while shared_preload_libraries is processed.
+pub fn register() {
+    let n = gucs::WORKERS.get();
+    for i in 0..n {
+        BackgroundWorkerBuilder::new(&format!("synapse_compress worker {}", i + 1))
+            .set_type(WORKER_TYPE)
+            .set_library("synapse_compress")
+            .set_function("synapse_compress_worker_main")
+            .set_argument(i.into_datum())
+            .enable_spi_access()
+            .set_start_time(BgWorkerStartTime::RecoveryFinished)
+            .set_restart_time(Some(Duration::from_secs(30)))
+            .load();
+    }
+    REGISTERED.store(n > 0, Ordering::Relaxed);
+}
+
+/// Wake every running worker (their latches); returns how many.
+pub fn wake_all() -> i32 {
+    let pids: Vec<i32> = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT pid FROM pg_stat_activity WHERE backend_type = $1",
+                None,
+                &[WORKER_TYPE.into()],
+            )?
+            .map(|row| row.get::<i32>(1))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .map(|v| v.into_iter().flatten().collect())
+    .unwrap_or_default();
+    let mut woken = 0;
+    for pid in pids {
+        // SAFETY: the PGPROC array lives in shared memory for the server's lifetime;
+        // setting another process's latch is what it is for.
+        unsafe {
+            let proc = pg_sys::BackendPidGetProc(pid);
+            if !proc.is_null() {
+                pg_sys::SetLatch(&raw mut (*proc).procLatch);
+                woken += 1;
+            }
+        }
+    }
+    woken
+}
+
+/// What the worker needs to know before a run, read in one short transaction.
+#[derive(Default)]
+struct Control {
+    installed: bool,
+    paused: bool,
+    /// `wake_requested_at` as epoch seconds.
+    wake: f64,
+}
+
+fn read_control(client: &SpiClient<'_>) -> Result<Control, pgrx::spi::SpiError> {
+    let installed = client
+        .select(
+            "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'synapse_compress')",
+            None,
+            &[],
+        )?
+        .first()
+        .get_one::<bool>()?
+        .unwrap_or(false);
+    if !installed {
+        return Ok(Control::default());
+    }
+    let row = client
+        .select(
+            "SELECT paused, coalesce(extract(epoch FROM wake_requested_at), 0)::float8 \
+             FROM synapse_compress.control",
+            None,
+            &[],
+        )?
+        .first()
+        .get_two::<bool, f64>()?;
+    Ok(Control {
+        installed,
+        paused: row.0.unwrap_or(false),
+        wake: row.1.unwrap_or(0.0),
+    })
+}
+
+fn now_epoch() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// The worker's own view of its signals: pgrx's accessors reset them when read.
+struct Signals {
+    stop: bool,
+}
+
+impl Signals {
+    fn poll(&mut self) {
+        if BackgroundWorker::sighup_received() {
+            // SAFETY: the standard reload of a backend's configuration.
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
+        if BackgroundWorker::sigterm_received() {
+            self.stop = true;
+        }
+    }
+
+    /// Sleep on the latch; false when the worker must stop.
+    fn sleep(&mut self, d: Duration) -> bool {
+        if !self.stop && !BackgroundWorker::wait_latch(Some(d.max(Duration::from_millis(1)))) {
+            self.stop = true;
+        }
+        self.poll();
+        !self.stop
+    }
+}
+
+#[pg_guard]
+#[no_mangle]
+pub extern "C-unwind" fn synapse_compress_worker_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let db = gucs::text(&gucs::DATABASE);
+    let role = gucs::text(&gucs::ROLE);
+    BackgroundWorker::connect_worker_to_spi(Some(&db), (!role.is_empty()).then_some(role.as_str()));
+    log!("synapse_compress worker started on database {db:?}");
+
+    let mut signals = Signals { stop: false };
+    let mut next_run = Instant::now();
+    let mut last_start = 0.0f64;
+    let mut waiting_logged = false;
+    while !signals.stop {
+        signals.poll();
+        let control =
+            BackgroundWorker::transaction(|| Spi::connect(read_control).unwrap_or_default());
+        if !control.installed {
+            if !waiting_logged {
+                log!("synapse_compress worker: waiting for CREATE EXTENSION synapse_compress in {db:?}");
+                waiting_logged = true;
+            }
+            signals.sleep(POLL);
+            continue;
+        }
+        waiting_logged = false;
+        let woken = control.wake > last_start;
+        let due = woken || Instant::now() >= next_run;
+        if due && gucs::ENABLED.get() && !control.paused {
+            last_start = now_epoch();
+            run(&mut signals);
+            next_run = Instant::now() + Duration::from_secs(gucs::INTERVAL.get().max(1) as u64);
+            set_idle();
+            continue;
+        }
+        let until_next = next_run.saturating_duration_since(Instant::now());
+        signals.sleep(until_next.min(POLL));
+    }
+    log!("synapse_compress worker stopped");
+}
+
+fn set_idle() {
+    // SAFETY: backend thread.
+    unsafe { pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_IDLE, std::ptr::null()) };
+}
+
+/// One scheduled run, until no work is left, the budget is spent, or it is paused,
+/// disabled or stopped.
+fn run(signals: &mut Signals) {
+    let run_id = BackgroundWorker::transaction(|| {
+        Spi::connect_mut(|c| schedule::begin_run(c, Source::Worker))
+            .unwrap_or_else(|e| schedule::raise(e))
+    });
+    let started = Instant::now();
+    let mut chunks: i64 = 0;
+    let outcome = loop {
+        signals.poll();
+        if signals.stop {
+            break "stopped";
+        }
+        if !gucs::ENABLED.get() {
+            break "paused";
+        }
+        let budget = gucs::MAX_RUN_TIME.get();
+        let max_chunks = gucs::MAX_RUN_CHUNKS.get();
+        if (budget > 0 && started.elapsed() >= Duration::from_secs(budget as u64))
+            || (max_chunks > 0 && chunks >= max_chunks as i64)
+        {
+            break "budget";
+        }
+        let step = BackgroundWorker::transaction(AssertUnwindSafe(|| {
+            Spi::connect_mut(|c| {
+                if read_control(c).map(|s| s.paused).unwrap_or(false) {
+                    return Ok(None);
+                }
+                schedule::run_chunk(c, run_id).map(Some)
+            })
+            .unwrap_or_else(|e| schedule::raise(e))
+        }));
+        match step {
+            None => break "paused",
+            Some(s) if s.outcome == "no_work" => break "done",
+            Some(_) => chunks += 1,
+        }
+        let pause = Duration::from_millis(gucs::CHUNK_PAUSE.get() as u64);
+        if !pause.is_zero() && !signals.sleep(pause) {
+            break "stopped";
+        }
+    };
+    BackgroundWorker::transaction(|| {
+        Spi::connect_mut(|c| schedule::end_run(c, run_id, outcome, None))
+            .unwrap_or_else(|e| schedule::raise(e))
+    });
+    log!("synapse_compress worker: run {run_id} {outcome} after {chunks} chunks");
+}
