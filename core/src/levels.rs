@@ -136,6 +136,18 @@ impl Levels {
     pub fn heads(&self) -> impl Iterator<Item = GroupId> + '_ {
         self.levels.iter().filter_map(|l| l.head)
     }
+
+    /// The depth (hops) the level structure gives the group `place` just placed: the
+    /// sum over the levels of their chain lengths less one. With fresh levels, the
+    /// existing tool puts every group at exactly this depth; and any group at most
+    /// this deep keeps every later group the levels place on it within the sum of the
+    /// sizes. The planner lets a group take another base only within this depth.
+    pub fn depth_budget(&self) -> u32 {
+        self.levels
+            .iter()
+            .map(|l| l.current_length.saturating_sub(1))
+            .sum()
+    }
 }
 
 #[cfg(test)]
@@ -199,6 +211,7 @@ mod tests {
                 Some(p) => depth[&p] + 1,
             };
             assert!(d <= spec.max_hops());
+            assert_eq!(d, levels.depth_budget(), "group {g}");
             depth.insert(g, d);
         }
     }

@@ -1,10 +1,29 @@
-//! Choosing each group's new predecessor and delta (the existing tool's semantics).
+//! Choosing each group's new predecessor and delta.
 //!
-//! Groups are taken in id order. The levels propose a candidate predecessor; a group
-//! whose candidate is its current predecessor is kept as it is. Otherwise the
-//! candidate, or failing it the candidate's own new predecessor and so on up the new
-//! tree, becomes the base if it is usable and its keys are a subset of the group's;
-//! with no such base the group becomes a full snapshot (a forced snapshot).
+//! Groups are taken in id order and placed by the existing tool's levels, which
+//! propose a candidate predecessor. A group whose candidate is its current
+//! predecessor is kept as it is. Otherwise two bases compete, and the one giving the
+//! smaller delta wins (the level choice on a tie):
+//!
+//! - the level choice: the candidate, or failing it the candidate's own new
+//!   predecessor and so on up the new tree, the first that is usable and whose keys
+//!   are a subset of the group's (the existing tool's rule);
+//! - the branch choice: the group's stored predecessor, i.e. its real branch, or the
+//!   nearest of its ancestors in the new tree that is shallow enough (below).
+//!
+//! With neither, the group becomes a full snapshot (a forced snapshot).
+//!
+//! In rooms with forks (federation forks, spam joins, backfilled roots) consecutive
+//! groups belong to different branches, so the level choice alone restates whole
+//! branches in every delta; the branch choice keeps such groups one row.
+//!
+//! Depth: the levels give each group a depth (`Levels::depth_budget`: the depth the
+//! existing tool's tree puts it at). The branch choice may not make a group deeper
+//! than that (nor than the level choice), so every group is at most as deep as in the
+//! existing tool's tree: chains stay within the sum of the level sizes, level heads
+//! within what saved levels promise, and reads no slower than the existing tool's
+//! tree. Only the levels carry over between chunks; everything else comes from the
+//! new tree as it stands, so results do not depend on chunk boundaries.
 
 use std::rc::Rc;
 
@@ -103,21 +122,65 @@ pub fn plan_chunk(
             };
             (Decision::Keep, candidate, depth)
         } else {
-            let mut base = candidate;
-            let mut base_node = None;
-            while let Some(b) = base {
+            // The level choice: the candidate, or failing it the nearest ancestor in
+            // the new tree that can serve as a base.
+            let mut level = None;
+            let mut walk = candidate;
+            while let Some(b) = walk {
                 let n = node_of(b)?;
                 if n.usable && n.state.keys_subset_of(state) {
-                    base_node = Some(n);
+                    level = Some((b, n));
                     break;
                 }
-                base = n.prev;
+                walk = n.prev;
             }
-            let delta = match &base_node {
-                Some(n) => state.delta_from(&n.state),
+            let level_depth = level.as_ref().map_or(0, |(_, n)| n.depth + 1);
+            // Another base may not make the group deeper than the levels would.
+            let budget = levels.depth_budget().max(level_depth);
+            let mut best_cost = match &level {
+                Some((_, n)) => delta_len(state, &n.state),
+                None => state.len(),
+            };
+            let mut best = level;
+            // The branch choice: the stored predecessor (the group's real branch), or
+            // the nearest of its ancestors in the new tree shallow enough. Each hop up
+            // is one shallower and usually adds a key to the delta, and a hop off the
+            // chunk costs the engine a chain load; so the walk is tried only while
+            // the hops it needs stay under half the level choice's delta. That skips
+            // the common case of a level restarting, where the walk would end on the
+            // level choice itself. Only usable groups' depths are trusted: a frozen
+            // group's depth depends on writes a dry run does not make.
+            let mut walk = input.orig_prev;
+            let mut hops = 0;
+            while let Some(b) = walk {
+                if 2 * hops >= best_cost || best.as_ref().is_some_and(|(id, _)| *id == b) {
+                    break;
+                }
+                let n = node_of(b)?;
+                if n.usable {
+                    let still = (n.depth + 1).saturating_sub(budget) as usize;
+                    if 2 * (hops + still) >= best_cost {
+                        break;
+                    }
+                    if still == 0 && n.state.keys_subset_of(state) {
+                        let cost = delta_len(state, &n.state);
+                        if cost < best_cost {
+                            best_cost = cost;
+                            best = Some((b, n));
+                        }
+                        break;
+                    }
+                }
+                walk = n.prev;
+                hops += 1;
+            }
+            let base = best.as_ref().map(|(id, _)| *id);
+            let delta = match &best {
+                Some((_, n)) => state.delta_from(&n.state),
                 None => (**state).clone(),
             };
-            let depth = base_node.as_ref().map_or(0, |n| n.depth + 1);
+            debug_assert_eq!(delta.len(), best_cost);
+            let depth = best.as_ref().map_or(0, |(_, n)| n.depth + 1);
             // Landing back on the stored predecessor with the stored delta is no change.
             if base == input.orig_prev && delta == input.own {
                 (Decision::Keep, base, depth)
@@ -149,4 +212,20 @@ pub fn plan_chunk(
         });
     }
     Ok(ChunkPlan { planned, nodes })
+}
+
+/// `state.delta_from(base).len()`, without building the delta.
+fn delta_len(state: &State, base: &State) -> usize {
+    let b = base.entries();
+    let mut j = 0;
+    let mut n = 0;
+    for &(k, e) in state.entries() {
+        while j < b.len() && b[j].0 < k {
+            j += 1;
+        }
+        if !(j < b.len() && b[j] == (k, e)) {
+            n += 1;
+        }
+    }
+    n
 }

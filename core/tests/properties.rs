@@ -180,3 +180,51 @@ fn levels_compatible_with_the_existing_tool_bound_chains() {
         check_invariants(&before, &s, 9.max(before_max_depth(&before)));
     }
 }
+
+#[test]
+fn level_heads_stay_within_the_depth_the_levels_give_them() {
+    // The saved levels are trusted on resume only if the head of level i is at most
+    // sum over j >= i of (length_j - 1) hops deep; bases chosen off the level
+    // structure (a group's real branch) must keep that so.
+    for seed in 3000..3060u64 {
+        let mut rng = Rng::derive(seed, 11);
+        let (mut s, rooms) = load(&generator::random(seed));
+        // Groups Synapse is deleting or persisting: neither rewritten nor bases, so
+        // branches must be followed around them.
+        let ids: Vec<GroupId> = s.tables.groups.keys().copied().collect();
+        for &id in &ids {
+            if rng.chance(0.03) {
+                s.tables.pending_deletion.insert(id);
+            } else if rng.chance(0.03) {
+                s.tables.persisting.insert(id);
+            }
+        }
+        let before = s.clone();
+        let levels = LEVELS[rng.index(LEVELS.len())];
+        let chunk = [1, 7, 64, 100_000][rng.index(4)];
+        for room in &rooms {
+            let Ok(mut run) = engine::Run::start(&mut s, room, opts(levels, chunk)) else {
+                continue;
+            };
+            while run.step(&mut s).expect("step").is_some() {
+                let ls = run.levels().levels();
+                for (i, l) in ls.iter().enumerate() {
+                    let Some(head) = l.head else { continue };
+                    let bound: u32 = ls[i..]
+                        .iter()
+                        .map(|l| l.current_length.saturating_sub(1))
+                        .sum();
+                    let depth = s.depth(head).expect("a head has a simple chain");
+                    assert!(
+                        depth <= bound,
+                        "seed {seed} levels {levels}: head {head} of level {} is {depth} \
+                         hops deep, more than {bound}",
+                        i + 1
+                    );
+                }
+            }
+        }
+        let max_hops = LevelSpec::parse(levels).unwrap().max_hops();
+        check_invariants(&before, &s, max_hops.max(before_max_depth(&before)));
+    }
+}
