@@ -1,0 +1,659 @@
+"""`make bench`: synapse_compress side by side with the existing tool and the raw limit.
+
+Run through scripts/bench.sh (it sets up the virtualenv and the cluster):
+    bash scripts/bench.sh [--scale F] [--only W1,W2] [--no-tool] [--sql-check] [--out FILE]
+
+For each workload a generated Synapse database is loaded once into a template; each
+contender gets its own copy (CREATE DATABASE ... TEMPLATE), VACUUM ANALYZE and a
+CHECKPOINT before its timed run:
+  tool  synapse_auto_compressor 0.1.2 (chunk_size 500, levels 100,50,25) in a child
+        process (bench/tool_run.py) until it has no work left;
+  ours  compress_room(room) for one-room workloads; for several rooms
+        CALL compress_database() when the extension has it, else compress_room on
+        every room, largest first, in one session (a transaction per room);
+  raw   the same rows read in group order (COPY ... TO '/dev/null') plus one
+        INSERT ... SELECT of ours' rows_after rows into an indexed scratch table.
+Every group's resolved state is fingerprinted before and after each contender.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+
+import psycopg2
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GEN = os.path.join(ROOT, "target/release/synapse-compress-gen")
+PSQL = "/usr/lib/postgresql/15/bin/psql"
+LIBRARY = "/usr/lib/postgresql/15/lib/synapse_compress.so"  # the installed extension
+LEVELS = "100,50,25"
+# Workload name -> (generator preset, seed).
+WORKLOADS = {"headline": ("headline", 1), "bigstate": ("bigstate", 1),
+             "manyrooms": ("manyrooms", 1), "forks": ("forks", 1)}
+SCALING = (1 / 16, 1 / 4, 1)  # multiples of the base scale, for the headline preset
+
+# Synapse's full-state read, verbatim from _get_state_groups_from_groups_txn
+# (synapse/storage/databases/state/bg_updates.py, StateFilter.all(): empty where
+# clause), run as Synapse does, after SET LOCAL enable_seqscan=off.
+SYNAPSE_READ = """
+                WITH RECURSIVE sgs(state_group) AS (
+                    VALUES(%s::bigint)
+                    UNION ALL
+                    SELECT prev_state_group FROM state_group_edges e, sgs s
+                    WHERE s.state_group = e.state_group
+                )
+                
+                    SELECT DISTINCT ON (type, state_key)
+                        type, state_key, event_id
+                    FROM state_groups_state
+                    WHERE state_group IN (
+                        SELECT state_group FROM sgs
+                    ) 
+                    ORDER BY type, state_key, state_group DESC
+                
+            """
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+class Cluster:
+    def __init__(self, host, port):
+        self.host, self.port = host, port
+
+    def connect(self, db):
+        conn = psycopg2.connect(host="127.0.0.1", port=self.port, user="postgres", dbname=db)
+        conn.autocommit = True
+        return conn
+
+    def query(self, db, sql, args=None):
+        conn = self.connect(db)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql, args)
+                return cur.fetchall() if cur.description else None
+        finally:
+            conn.close()
+
+    def url(self, db):
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{db}"
+
+    def psql(self, db):
+        return [PSQL, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", self.host, "-p", str(self.port),
+                "-U", "postgres", "-d", db]
+
+
+# ---------------------------------------------------------------- databases
+
+def template(cl, preset, seed, scale):
+    """A database holding the generated workload, built once per (preset, scale, generator)."""
+    name = f"tpl_{preset}_{scale:g}".replace(".", "_").replace("-", "_")
+    gen_args = ["--preset", preset, "--scale", f"{scale:g}", "--seed", str(seed)]
+    # The comment records what it was built from; a rebuilt generator rebuilds it.
+    key = " ".join(gen_args) + f" gen-mtime {int(os.stat(GEN).st_mtime)}"
+    have = cl.query("postgres", "SELECT shobj_description(oid, 'pg_database') FROM pg_database "
+                    "WHERE datname = %s", (name,))
+    if have and have[0][0] == key:
+        return name
+    log(f"  loading {name}: synapse-compress-gen {' '.join(gen_args)}")
+    subprocess.run(["bash", "scripts/cluster.sh", "createdb", cl.host, str(cl.port), name],
+                   cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    gen = subprocess.Popen([GEN, *gen_args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    subprocess.run(cl.psql(name), stdin=gen.stdout, check=True, stdout=subprocess.DEVNULL)
+    gen.stdout.close()
+    if gen.wait() != 0:
+        raise RuntimeError(f"synapse-compress-gen {gen_args} failed")
+    cl.query(name, "VACUUM ANALYZE")
+    cl.query("postgres", f'COMMENT ON DATABASE "{name}" IS %s', (key,))
+    return name
+
+
+def copy(cl, tpl, name):
+    """A fresh, vacuumed copy of a template; checkpointed so timed runs start clean."""
+    cl.query("postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    cl.query("postgres", f'CREATE DATABASE "{name}" TEMPLATE "{tpl}"')
+    cl.query(name, "VACUUM ANALYZE")
+    cl.query(name, "CHECKPOINT")
+    return name
+
+
+def drop(cl, name):
+    cl.query("postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def counts(cl, db):
+    (rows, groups, rooms), = cl.query(db, "SELECT (SELECT count(*) FROM state_groups_state), "
+                                      "(SELECT count(*) FROM state_groups), "
+                                      "(SELECT count(DISTINCT room_id) FROM state_groups)")
+    return {"rows": rows, "groups": groups, "rooms": rooms}
+
+
+# ---------------------------------------------------------------- state check
+
+def fingerprints(cl, db):
+    """Every group's resolved state as (number of keys, additive 64-bit hash of its rows).
+
+    Same semantics as pgrx-tests/lib.sql's sc_test.fingerprints() (walk the predecessor
+    chain, the highest group wins per (type, state_key), ties on the smallest event_id),
+    but computed in one pass over the rows: a depth-first walk of the forest of groups
+    applies each group's delta on entry and undoes it on exit, so the cost is
+    O(rows), not O(groups x state size) (minutes instead of hours on bigstate/headline).
+    The forest must be sound (one predecessor, with a lower id): anything else raises.
+    """
+    conn = cl.connect(db)
+    try:
+        cur = conn.cursor()
+        cur.execute("SELECT id FROM state_groups")
+        groups = {g for g, in cur}
+        cur.execute("SELECT state_group, prev_state_group FROM state_group_edges")
+        prev = {}
+        for g, p in cur:
+            if prev.get(g, p) != p or p >= g:
+                raise RuntimeError(f"group {g}: unsound edge to {p}")
+            prev[g] = p
+        conn.autocommit = False  # a named (server-side) cursor needs a transaction
+        cur.execute("SET LOCAL work_mem = '256MB'")
+        rows = conn.cursor("fp")
+        rows.itersize = 100_000
+        rows.execute("SELECT state_group, hashtextextended(type || E'\\x1f' || state_key, 0), "
+                     "hashtextextended(type || E'\\x1f' || state_key || E'\\x1f' || event_id, 0) "
+                     "FROM state_groups_state ORDER BY state_group, type, state_key, event_id")
+        delta = defaultdict(dict)
+        for g, key, row in rows:
+            delta[g].setdefault(key, row)  # first = smallest event_id, as sc_test
+        conn.rollback()
+    finally:
+        conn.close()
+    children = defaultdict(list)
+    for g, p in prev.items():
+        children[p].append(g)
+    nodes = groups | prev.keys() | set(prev.values()) | delta.keys()
+    out, state, total = {}, {}, 0
+    stack = [(n, None) for n in nodes if n not in prev]
+    while stack:
+        node, undo = stack.pop()
+        if undo is not None:  # leaving node: back to its predecessor's state
+            for key, old in reversed(undo):
+                total -= state[key]
+                if old is None:
+                    del state[key]
+                else:
+                    state[key] = old
+                    total += old
+            continue
+        undo = []
+        for key, row in delta.get(node, {}).items():
+            old = state.get(key)
+            undo.append((key, old))
+            total += row - (old or 0)
+            state[key] = row
+        if node in groups:
+            out[node] = (len(state), total & 0xFFFF_FFFF_FFFF_FFFF)
+        stack.append((node, undo))
+        stack.extend((c, None) for c in children[node])
+    return out
+
+
+def compare(before, after):
+    bad = sorted(g for g in before.keys() | after.keys() if before.get(g) != after.get(g))
+    if bad:
+        return f"FAILED: {len(bad)} groups differ (e.g. {bad[0]})"
+    return "ok"
+
+
+def sql_check(cl, db, when):
+    """The exact but slow check of pgrx-tests/lib.sql (--sql-check)."""
+    if when == "before":
+        cl.query(db, "CREATE EXTENSION IF NOT EXISTS synapse_compress")
+        subprocess.run(cl.psql(db) + ["-f", "pgrx-tests/lib.sql"], cwd=ROOT, check=True,
+                       stdout=subprocess.DEVNULL)
+        cl.query(db, "CALL sc_test.snapshot()")
+        return None
+    try:
+        cl.query(db, "CALL sc_test.assert_same_state()")
+        return "ok"
+    except psycopg2.Error as e:
+        return f"FAILED: {e.pgerror.strip()}"
+
+
+# ---------------------------------------------------------------- measurements
+
+def read_latency(cl, db, sample, reps=3):
+    """Median and p99 over the sample (ms) of Synapse's full-state read of one group.
+
+    A warm-up pass, then each group's best of `reps` passes: the machine is shared, and
+    the minimum filters out other jobs' interference, not the query's own cost.
+    """
+    conn = cl.connect(db)
+    conn.autocommit = False
+    best = {g: float("inf") for g in sample}
+    try:
+        cur = conn.cursor()
+        cur.execute("SET LOCAL enable_seqscan=off")
+        for rep in range(reps + 1):
+            for g in sample:
+                t = time.perf_counter()
+                cur.execute(SYNAPSE_READ, (g,))
+                cur.fetchall()
+                if rep:
+                    best[g] = min(best[g], (time.perf_counter() - t) * 1000)
+        conn.rollback()
+    finally:
+        conn.close()
+    times = sorted(best.values())
+    return statistics.median(times), times[min(len(times) - 1, int(len(times) * 0.99))]
+
+
+class PeakRss:
+    """scripts/peak-rss.sh on a pid: its peak RssAnon (private memory) in kB."""
+
+    def __init__(self, pid):
+        fd, self.out = tempfile.mkstemp(prefix="bench-rss-")
+        os.close(fd)
+        self.stop = self.out + ".stop"
+        self.proc = subprocess.Popen(["bash", os.path.join(ROOT, "scripts/peak-rss.sh"),
+                                      str(pid), self.out, self.stop])
+
+    def finish(self):
+        open(self.stop, "w").close()
+        self.proc.wait()
+        with open(self.out) as f:
+            kb = int(f.read().strip() or 0)
+        os.unlink(self.out)
+        os.unlink(self.stop)
+        return kb
+
+
+def has_compress_database(cur):
+    cur.execute("SELECT EXISTS (SELECT 1 FROM pg_proc WHERE proname = 'compress_database' "
+                "AND prokind = 'p')")
+    return cur.fetchone()[0]
+
+
+def run_ours(cl, db):
+    """Our extension, in one backend whose peak private memory is sampled."""
+    cl.query(db, "CREATE EXTENSION IF NOT EXISTS synapse_compress")
+    conn = cl.connect(db)
+    try:
+        cur = conn.cursor()
+        # compress_database's pause between chunks yields to Synapse; alone on the
+        # cluster it would only add sleep to the measured time.
+        cur.execute("SET synapse_compress.chunk_pause = 0")
+        cur.execute("SELECT pg_backend_pid()")
+        rss = PeakRss(cur.fetchone()[0])
+        t = time.perf_counter()
+        cur.execute("SELECT room_id FROM state_groups GROUP BY 1 ORDER BY count(*) DESC")
+        rooms = [r for r, in cur.fetchall()]
+        if len(rooms) == 1:
+            how = "compress_room"
+            cur.execute("SELECT * FROM compress_room(%s, levels => %s)", (rooms[0], LEVELS))
+        elif has_compress_database(cur):
+            how = "CALL compress_database()"
+            cur.execute("CALL compress_database()")
+        else:
+            how = "compress_room per room"
+            for room in rooms:  # autocommit: one transaction per room
+                cur.execute("SELECT * FROM compress_room(%s, levels => %s)", (room, LEVELS))
+        seconds = time.perf_counter() - t
+        peak_kb = rss.finish()
+        cur.execute("SELECT current_setting('synapse_compress.chunk_size', true)")
+        how += f" (chunk_size {cur.fetchone()[0]})"
+        summary = [n.strip() for n in conn.notices if "compress_database:" in n][-1:]
+    finally:
+        conn.close()
+    return {"seconds": seconds, "peak_kb": peak_kb, "how": how, "notes": summary,
+            "library": library_stamp()}
+
+
+def library_stamp():
+    """When the installed extension was built: a reinstall mid-run shows in the report."""
+    mtime = datetime.datetime.fromtimestamp(os.stat(LIBRARY).st_mtime, datetime.timezone.utc)
+    return mtime.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def run_tool(cl, db, timeout):
+    """The existing tool in a child process; its RssAnon sampled like our backend's."""
+    child = subprocess.Popen([sys.executable, os.path.join(ROOT, "bench/tool_run.py"),
+                              cl.url(db), "500"], stdout=subprocess.PIPE, text=True)
+    rss = PeakRss(child.pid)
+    try:
+        out, _ = child.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+        rss.finish()
+        return {"error": f"timeout after {timeout}s"}
+    peak_kb = rss.finish()
+    if child.returncode != 0:
+        return {"error": f"exit {child.returncode}"}
+    res = json.loads(out)
+    res["peak_kb"] = peak_kb
+    return res
+
+
+def run_raw(cl, db, rows_after):
+    """The hardware's share: read every row in group order, write rows_after rows once."""
+    conn = cl.connect(db)
+    try:
+        cur = conn.cursor()
+        cur.execute("CREATE TABLE bench_scratch (LIKE state_groups_state INCLUDING ALL)")
+        cur.execute("CHECKPOINT")
+        t = time.perf_counter()
+        cur.execute("COPY (SELECT state_group, type, state_key, event_id FROM state_groups_state "
+                    "ORDER BY state_group) TO '/dev/null'")
+        read = time.perf_counter() - t
+        t = time.perf_counter()
+        cur.execute("INSERT INTO bench_scratch SELECT * FROM state_groups_state LIMIT %s",
+                    (rows_after,))
+        write = time.perf_counter() - t
+    finally:
+        conn.close()
+    return {"seconds": read + write, "read": read, "write": write}
+
+
+def contender(cl, tpl, name, before, sample, args, run):
+    """Copy, run, then rows after, state check and read latency on the result."""
+    db = copy(cl, tpl, name)
+    if args.sql_check:
+        sql_check(cl, db, "before")
+        cl.query(db, "CHECKPOINT")
+    try:
+        res = run(db)
+    except psycopg2.Error as e:
+        res = {"error": (e.pgerror or str(e)).strip().splitlines()[0]}
+    if "error" not in res:
+        cl.query(db, "VACUUM ANALYZE")
+        res["rows_after"] = counts(cl, db)["rows"]
+        try:
+            res["check"] = compare(before, fingerprints(cl, db))
+        except RuntimeError as e:
+            res["check"] = f"FAILED: {e}"
+        if args.sql_check:
+            res["sql_check"] = sql_check(cl, db, "after")
+        res["read"] = read_latency(cl, db, sample)
+    if not args.keep:
+        drop(cl, db)
+    return res
+
+
+def workload(cl, args, name, preset, seed, scale):
+    """Load (once) and measure ours and the raw limit; the tool runs later (tool_phase)."""
+    tpl = template(cl, preset, seed, scale)
+    r = {"name": name, "scale": scale, **counts(cl, tpl)}
+    log(f"[{name}] scale {scale:g}: {r['rooms']} rooms, {r['groups']} groups, {r['rows']} rows")
+    sample = [g for g, in cl.query(tpl, "SELECT id FROM state_groups ORDER BY md5(id::text) "
+                                   "LIMIT %s", (args.sample,))]
+    before = fingerprints(cl, tpl)
+    r["read_before"] = read_latency(cl, tpl, sample)
+    r["ours"] = contender(cl, tpl, f"b_{name}_ours", before, sample, args,
+                          lambda db: run_ours(cl, db))
+    log(f"[{name}] ours: {fmt_res(r['ours'])}")
+    rows_after = r["ours"].get("rows_after", r["rows"])
+    db = copy(cl, tpl, f"b_{name}_raw")
+    r["raw"] = run_raw(cl, db, rows_after)
+    drop(cl, db)
+    log(f"[{name}] raw: {r['raw']['seconds']:.2f}s (read {r['raw']['read']:.2f}s, "
+        f"write {r['raw']['write']:.2f}s)")
+    r["_ctx"] = (tpl, before, sample)
+    return r
+
+
+def tool_phase(cl, args, r):
+    tpl, before, sample = r.pop("_ctx")
+    r["tool"] = contender(cl, tpl, f"b_{r['name']}_tool", before, sample, args,
+                          lambda db: run_tool(cl, db, args.tool_timeout))
+    log(f"[{r['name']}] tool: {fmt_res(r['tool'])}")
+
+
+def fmt_res(res):
+    if "error" in res:
+        return f"ERROR {res['error']}"
+    return (f"{res['seconds']:.2f}s, rows after {res['rows_after']}, peak {res['peak_kb'] // 1024} MB, "
+            f"state {res['check']}")
+
+
+# ---------------------------------------------------------------- report
+
+def ratio(a, b, digits=1):
+    return f"{a / b:.{digits}f}x" if a is not None and b else "-"
+
+
+def get(res, key):
+    return None if res is None or "error" in res else res.get(key)
+
+
+def mb(kb):
+    return "-" if kb is None else f"{kb / 1024:.0f}"
+
+
+def secs(s):
+    return "-" if s is None else f"{s:.2f}"
+
+
+def table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def report(results, scaling, meta):
+    out = [f"# Benchmarks\n\nGenerated by `make bench` (scripts/bench.sh, bench/bench.py); "
+           f"do not edit by hand.\n",
+           f"- command: `{meta['command']}` (= `{meta['script']}`), took {meta['minutes']:.0f} min",
+           f"- date: {meta['date']}, commit {meta['commit']}",
+           f"- machine: {meta['nproc']} CPUs ({meta['cpu']}), {meta['mem_gb']:.0f} GB RAM, "
+           f"Linux {meta['kernel']}; shared with other jobs, so compare ratios, not seconds",
+           f"- {meta['pg']}; bench cluster: {meta['pg_conf']}",
+           f"- extension library installed {libraries(results + scaling)}",
+           f"- existing tool: synapse_auto_compressor 0.1.2, chunk_size 500, levels {LEVELS}, "
+           f"repeated until its progress tables stop moving; ours: levels {LEVELS}, "
+           f"default settings but synapse_compress.chunk_pause = 0", ""]
+    if results:
+        out += ["## Time\n",
+                "Wall time of the compression alone (seconds). raw = read every row in group "
+                "order (`COPY ... ORDER BY state_group TO '/dev/null'`) + one `INSERT ... SELECT` "
+                "of ours' rows after into an indexed copy of state_groups_state.\n",
+                table(["workload", "rooms", "groups", "rows before", "tool s", "ours s", "raw s",
+                       "tool/ours", "ours/raw", "ours ran"],
+                      [[r["name"], r["rooms"], r["groups"], r["rows"],
+                        secs(get(r.get("tool"), "seconds")), secs(get(r["ours"], "seconds")),
+                        secs(r["raw"]["seconds"]),
+                        ratio(get(r.get("tool"), "seconds"), get(r["ours"], "seconds")),
+                        ratio(get(r["ours"], "seconds"), r["raw"]["seconds"]),
+                        get(r["ours"], "how") or r["ours"].get("error")] for r in results]),
+                "\n## Rows, memory, correctness\n",
+                "Peak memory: private memory (RssAnon, sampled every 20 ms by scripts/peak-rss.sh) "
+                "of the tool's process and of our backend; the tool's kernel-recorded VmHWM "
+                "(resident peak including its mapped files) in brackets. State check: every "
+                "group's resolved state (Synapse's semantics) fingerprinted before and after.\n",
+                table(["workload", "tool rows after", "ours rows after", "ours/tool rows",
+                       "tool peak MB", "ours peak MB", "ours/tool mem", "state tool", "state ours"],
+                      [[r["name"], get(r.get("tool"), "rows_after") or "-",
+                        get(r["ours"], "rows_after") or "-",
+                        ratio(get(r["ours"], "rows_after"), get(r.get("tool"), "rows_after"), 2),
+                        f"{mb(get(r.get('tool'), 'peak_kb'))} ({mb(get(r.get('tool'), 'vmhwm_kb'))})",
+                        mb(get(r["ours"], "peak_kb")),
+                        ratio(get(r["ours"], "peak_kb"), get(r.get("tool"), "peak_kb"), 2),
+                        state_text(r.get("tool")), state_text(r["ours"])] for r in results]),
+                "\n## Reading state\n",
+                f"Synapse's full-state read (`_get_state_groups_from_groups_txn`, verbatim, after "
+                f"`SET LOCAL enable_seqscan=off`) over the same {meta['sample']} groups, ms, "
+                f"median / p99 of each group's best of 3 after a warm-up pass; after = "
+                f"compressed, then VACUUM ANALYZE.\n",
+                table(["workload", "before", "after tool", "after ours"],
+                      [[r["name"], lat(r["read_before"]), lat(get(r.get("tool"), "read")),
+                        lat(get(r["ours"], "read"))] for r in results])]
+    if scaling:
+        base = scaling[0]
+        out += ["\n## Scaling (headline preset)\n",
+                "Same preset at 1x, 4x, 16x of a base scale; ms per million rows before.\n",
+                table(["scale", "groups", "rows before", "ours s", "ours ms/Mrow", "raw s",
+                       "raw ms/Mrow", "ours/raw", "ours peak MB"],
+                      [[f"{r['scale']:g} ({r['scale'] / base['scale']:.0f}x)", r["groups"], r["rows"],
+                        secs(get(r["ours"], "seconds")), per_mrow(get(r["ours"], "seconds"), r["rows"]),
+                        secs(r["raw"]["seconds"]), per_mrow(r["raw"]["seconds"], r["rows"]),
+                        ratio(get(r["ours"], "seconds"), r["raw"]["seconds"]),
+                        mb(get(r["ours"], "peak_kb"))] for r in scaling])]
+    notes = [f"- {r['name']}: ours: {n}" for r in results for n in get(r["ours"], "notes") or []]
+    notes += [f"- {r['name']}: tool: {t['calls']} calls, {t['warnings']} warnings (chunks it skipped "
+              f"because they would grow)" for r in results if (t := r.get("tool")) and "calls" in t]
+    notes += [f"- {r['name']}: {who}: ERROR {r[who]['error']}" for r in results + scaling
+              for who in ("ours", "tool") if r.get(who) and "error" in r[who]]
+    if notes:
+        out += ["\n## Runs\n", *notes]
+    out += ["\n## Targets (issue 5)\n", targets(results)]
+    return "\n".join(out) + "\n"
+
+
+def libraries(results):
+    stamps = {}
+    for r in results:
+        if get(r["ours"], "library"):
+            stamps.setdefault(r["ours"]["library"], []).append(r["name"])
+    if len(stamps) == 1:
+        return next(iter(stamps))
+    return "; ".join(f"{t} (used by {', '.join(n)})" for t, n in stamps.items()) + \
+        " -- REINSTALLED DURING THE RUN: the figures mix builds"
+
+
+def state_text(res):
+    if res is None:
+        return "-"
+    if "error" in res:
+        return f"ERROR: {res['error']}"
+    return res["check"] + (f" (sc_test: {res['sql_check']})" if "sql_check" in res else "")
+
+
+def lat(pair):
+    return "-" if pair is None else f"{pair[0]:.2f} / {pair[1]:.2f}"
+
+
+def per_mrow(seconds, rows):
+    return "-" if seconds is None else f"{seconds * 1000 / (rows / 1e6):.0f}"
+
+
+def targets(results):
+    """Each target of issue 5 with the measured figure; '-' when not measured in this run."""
+    by = {r["name"]: r for r in results}
+    lines = []
+
+    def line(what, ok, figure):
+        mark = "-" if ok is None else ("met" if ok else "NOT met")
+        lines.append(f"- {what}: {mark} ({figure})")
+
+    for name in ("headline", "manyrooms"):
+        r = by.get(name)
+        t, o = get(r and r.get("tool"), "seconds"), get(r and r["ours"], "seconds")
+        line(f"10x faster than the tool on {name}", None if not (t and o) else t >= 10 * o,
+             ratio(t, o))
+    for r in results:
+        t, o = get(r.get("tool"), "seconds"), get(r["ours"], "seconds")
+        line(f"faster than the tool on {r['name']}", None if not (t and o) else t > o, ratio(t, o))
+    r = by.get("headline")
+    if r:
+        o = get(r["ours"], "seconds")
+        line("within 3x of the raw limit on headline", None if o is None else o <= 3 * r["raw"]["seconds"],
+             ratio(o, r["raw"]["seconds"]))
+    for r in results:
+        t, o = get(r.get("tool"), "rows_after"), get(r["ours"], "rows_after")
+        limit = 0.5 if r["name"] == "forks" else 1
+        line(f"rows after <= {'half ' if limit < 1 else ''}the tool's on {r['name']}",
+             None if not (t and o) else o <= limit * t, ratio(o, t, 2))
+    if r := by.get("headline"):
+        t, o = get(r.get("tool"), "peak_kb"), get(r["ours"], "peak_kb")
+        line("peak memory <= the tool's on headline", None if not (t and o) else o <= t, ratio(o, t, 2))
+    for r in results:
+        b, a = r["read_before"], get(r["ours"], "read")
+        line(f"state reads no slower after ours on {r['name']} (median, p99)",
+             None if a is None else a[0] <= b[0] and a[1] <= b[1],
+             f"{lat(b)} -> {lat(a)} ms")
+    for r in results:
+        for who in ("ours", "tool"):
+            if r.get(who) and "check" in r[who]:
+                line(f"state identical after {who} on {r['name']}", r[who]["check"] == "ok",
+                     r[who]["check"])
+    return "\n".join(lines)
+
+
+def machine(cl, argv):
+    def sh(*cmd):
+        return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    mem = next(int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal"))
+    commit = sh("git", "rev-parse", "--short", "HEAD")
+    if sh("git", "status", "--porcelain", "--untracked-files=no"):
+        commit += " (with uncommitted changes)"
+    conf = cl.query("postgres", "SELECT string_agg(name || '=' || setting || coalesce(unit, ''), ', ' "
+                    "ORDER BY name) FROM pg_settings WHERE name IN ('shared_buffers', 'work_mem', "
+                    "'max_wal_size', 'autovacuum', 'synchronous_commit', 'checkpoint_timeout')")[0][0]
+    make = "make bench" + (f" BENCH_ARGS={shlex.quote(shlex.join(argv))}" if argv else "")
+    return {"command": make, "script": shlex.join(["scripts/bench.sh", *argv]),
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "commit": commit, "nproc": os.cpu_count(), "cpu": cpu, "mem_gb": mem / 2 ** 20,
+            "kernel": platform.release(), "pg": cl.query("postgres", "SELECT version()")[0][0].split(" on ")[0],
+            "pg_conf": conf}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--scale", type=float, default=1.0, help="multiplies every workload (default 1)")
+    p.add_argument("--only", default=",".join([*WORKLOADS, "scaling"]),
+                   help="comma-separated subset of: " + ", ".join([*WORKLOADS, "scaling"]))
+    p.add_argument("--no-tool", action="store_true", help="skip the existing tool")
+    p.add_argument("--sql-check", action="store_true",
+                   help="also run pgrx-tests/lib.sql's exact sc_test check (slow)")
+    p.add_argument("--sample", type=int, default=200, help="groups in the state read sample")
+    p.add_argument("--tool-timeout", type=int, default=3600, help="seconds per tool run")
+    p.add_argument("--keep", action="store_true", help="keep the compressed copies")
+    p.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
+    args = p.parse_args()
+    only = [w for w in args.only.split(",") if w]
+    unknown = set(only) - {*WORKLOADS, "scaling"}
+    if unknown:
+        p.error(f"unknown workloads: {', '.join(sorted(unknown))}")
+
+    # scripts/bench.sh started the cluster and says where.
+    cl = Cluster(os.environ["BENCH_HOST"], int(os.environ["BENCH_PORT"]))
+    meta = machine(cl, sys.argv[1:])
+    meta["sample"] = args.sample
+    start = time.monotonic()
+    # Ours everywhere first, the slow tool after: all of ours then runs within minutes,
+    # on one build of the extension even while it is being reinstalled now and then.
+    results = [workload(cl, args, w, *WORKLOADS[w], args.scale) for w in WORKLOADS if w in only]
+    scaling = []
+    if "scaling" in only:
+        for f in SCALING:
+            same = next((r for r in results if r["name"] == "headline" and f == 1), None)
+            scaling.append(same or workload(cl, args, f"headline_{f * 16:g}x", "headline", 1,
+                                            args.scale * f))
+    if not args.no_tool:
+        for r in results:
+            tool_phase(cl, args, r)
+    meta["minutes"] = (time.monotonic() - start) / 60
+    text = report(results, scaling, meta)
+    print(text)
+    with open(args.out, "w") as f:
+        f.write(text)
+    log(f"written to {args.out}")
+    # An error or a changed state of ours is a bug to look at: make the run fail.
+    failed = [r["name"] for r in results + scaling
+              if "error" in r["ours"] or r["ours"]["check"] != "ok"
+              or r["ours"].get("sql_check", "ok") != "ok"]
+    if failed:
+        log(f"FAILED (ours): {', '.join(failed)}")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
