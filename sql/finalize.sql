@@ -51,6 +51,8 @@ COMMENT ON FUNCTION synapse_compress.run_now() IS
 'Ask the background worker to start a run now (not waiting for synapse_compress.interval); returns the number of workers woken.';
 COMMENT ON FUNCTION synapse_compress.reset_room(text) IS
 'Forget a room''s saved levels, progress and errors: the next run compresses it again from its first group with fresh levels.';
+COMMENT ON FUNCTION synapse_compress.room_state_groups(text) IS
+'Number of state groups of a room in Synapse''s state_groups (the rooms view''s state_groups column).';
 COMMENT ON TABLE synapse_compress.control IS
 'One row: paused (pause()/resume()), the last run_now() request, the watermark of the incremental room counts, rows saved in all.';
 COMMENT ON TABLE synapse_compress.room_queue IS

@@ -127,10 +127,18 @@ LEFT JOIN LATERAL (SELECT * FROM synapse_compress.runs r WHERE r.outcome = 'runn
 LEFT JOIN LATERAL (SELECT * FROM synapse_compress.runs r WHERE r.outcome <> 'running'
                    ORDER BY r.run_id DESC LIMIT 1) last ON true;
 
+-- PL/pgSQL binds state_groups when called, not when the extension is created: the
+-- extension installs before Synapse has created its tables (or in pgrx's test database).
+CREATE FUNCTION synapse_compress.room_state_groups(room_id text) RETURNS bigint
+LANGUAGE plpgsql STABLE SET search_path = @extschema@, pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (SELECT count(*) FROM state_groups g WHERE g.room_id = room_state_groups.room_id);
+END $$;
+
 CREATE VIEW synapse_compress.rooms AS
 SELECT
     q.room_id,
-    (SELECT count(*) FROM state_groups g WHERE g.room_id = q.room_id) AS state_groups,
+    synapse_compress.room_state_groups(q.room_id) AS state_groups,
     p.last_compressed AS compressed_up_to,
     (SELECT string_agg(s.current_length || '/' || s.max_size, ',' ORDER BY s.level_num)
        FROM state_compressor_state s WHERE s.room_id = q.room_id) AS levels,

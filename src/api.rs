@@ -120,6 +120,10 @@ fn run(room: &str, opts: Options, dry_run: bool, min_saved_rows: i64) -> Result<
                 let why = match reason {
                     SkipReason::Frozen => "pending deletion or being persisted".to_string(),
                     SkipReason::Broken(why) => why.clone(),
+                    SkipReason::Tangled => {
+                        "a malformed group (several predecessors, or a higher one) reaches it"
+                            .to_string()
+                    }
                 };
                 notice!("compress_room {room}: state group {group} left unchanged: {why}");
             }

@@ -53,12 +53,32 @@ pub extern "C-unwind" fn _PG_init() {
 mod tests {
     use pgrx::prelude::*;
 
-    #[pg_test]
+    // pgrx's test database has no Synapse tables: the extension must still install,
+    // and input is checked before any state table is read.
+    #[pg_test(error = "invalid levels: size 0 is outside 1..10000")]
     fn levels_are_validated_in_sql() {
-        let r = std::panic::catch_unwind(|| {
-            Spi::run("SELECT * FROM compress_room('!x:hs', levels => '0')").unwrap();
-        });
-        assert!(r.is_err());
+        Spi::run("SELECT * FROM compress_room('!x:hs', levels => '0')").unwrap();
+    }
+
+    #[pg_test]
+    fn status_says_no_worker_without_preload() {
+        let registered =
+            Spi::get_one::<bool>("SELECT worker_registered FROM synapse_compress.status").unwrap();
+        assert_eq!(registered, Some(false));
+        let running =
+            Spi::get_one::<i32>("SELECT workers_running FROM synapse_compress.status").unwrap();
+        assert_eq!(running, Some(0));
+    }
+
+    #[pg_test]
+    fn rewriting_functions_are_not_granted_to_public() {
+        let granted = Spi::get_one::<i64>(
+            "SELECT count(*) FROM pg_proc p
+              WHERE p.proname IN ('compress_room', 'compress_database', 'run_chunk', 'reset_room')
+                AND has_function_privilege('public', p.oid, 'EXECUTE')",
+        )
+        .unwrap();
+        assert_eq!(granted, Some(0));
     }
 }
 

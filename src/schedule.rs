@@ -7,14 +7,17 @@
 //! commit together, so a crash neither loses nor repeats work. A room that fails is
 //! recorded with its error and retried later with backoff; other rooms go on.
 
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::time::Instant;
 
 use pgrx::datum::DatumWithOid;
 use pgrx::spi::SpiClient;
 use pgrx::{pg_sys, FromDatum, IntoDatum};
 use synapse_compress_core::engine::MAX_CHUNK_SIZE;
+use synapse_compress_core::hash::FxHashSet;
 use synapse_compress_core::incremental::{self, ChunkLimits, ChunkOutcome};
-use synapse_compress_core::{Error, LevelSpec, Result};
+use synapse_compress_core::{Error, GroupId, LevelSpec, Result};
 
 use crate::store::{free_result, spi, SpiStore};
 use crate::{errors, guard, gucs, progress};
@@ -242,6 +245,19 @@ fn report_activity(text: &str) {
     }
 }
 
+/// A room's `Store::tangled` groups as the run's first chunk of it found them: reading
+/// them scans the room, too slow for every chunk of a large one. They only change if
+/// corruption appears mid-run.
+struct Tangled {
+    run: i64,
+    room: String,
+    groups: Rc<FxHashSet<GroupId>>,
+}
+
+thread_local! {
+    static TANGLED: RefCell<Option<Tangled>> = const { RefCell::new(None) };
+}
+
 /// Compress the next chunk of the run; `outcome == "no_work"` ends the run.
 pub fn run_chunk(client: &mut SpiClient<'_>, run: i64) -> Result<Step> {
     let row = load_run(client, run)?;
@@ -265,9 +281,21 @@ pub fn run_chunk(client: &mut SpiClient<'_>, run: i64) -> Result<Step> {
         min_saved_rows: gucs::MIN_SAVED_ROWS.get() as i64,
     };
     let started = Instant::now();
+    let tangled = TANGLED.with(|t| match &*t.borrow() {
+        Some(t) if t.run == run && t.room == room => Some(t.groups.clone()),
+        _ => None,
+    });
     let result = guard::contained(|| {
         let mut store = SpiStore::new(client, true).map_err(spi)?;
-        let r = incremental::compress_chunk(&mut store, &room, &progress, limits)?;
+        let r = incremental::compress_chunk(&mut store, &room, &progress, limits, tangled.clone())?;
+        if let Some(set) = &r.tangled {
+            let found = Tangled {
+                run,
+                room: room.clone(),
+                groups: set.clone(),
+            };
+            TANGLED.with(|t| *t.borrow_mut() = Some(found));
+        }
         drop(store);
         progress::save(client, &room, &r.progress)?;
         Ok(r)

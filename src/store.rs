@@ -330,6 +330,36 @@ impl Store for SpiStore<'_, '_> {
         })
     }
 
+    fn tangled(&mut self, room: &str) -> Result<FxHashSet<GroupId>> {
+        // Malformed groups of the room, and groups of other rooms (or none) with an edge
+        // into it; then all they reach. UNION (not UNION ALL) ends on cycles.
+        self.scratch(|s| {
+            Ok(s.ids(
+                "WITH RECURSIVE malformed AS ( \
+                     SELECT g.id FROM state_groups g \
+                     JOIN state_group_edges e ON e.state_group = g.id \
+                     WHERE g.room_id = $1 \
+                     GROUP BY g.id \
+                     HAVING count(*) > 1 OR max(e.prev_state_group) >= g.id \
+                   UNION \
+                     SELECT e.state_group FROM state_groups g \
+                     JOIN state_group_edges e ON e.prev_state_group = g.id \
+                     LEFT JOIN state_groups c ON c.id = e.state_group \
+                     WHERE g.room_id = $1 AND c.room_id IS DISTINCT FROM $1 \
+                 ), reached(id) AS ( \
+                     SELECT e.prev_state_group FROM state_group_edges e \
+                     JOIN malformed m ON e.state_group = m.id \
+                   UNION \
+                     SELECT e.prev_state_group FROM state_group_edges e \
+                     JOIN reached r ON e.state_group = r.id \
+                 ) SELECT id FROM reached",
+                &[room.into()],
+            )?
+            .into_iter()
+            .collect())
+        })
+    }
+
     fn write_chunk(&mut self, room: &str, rewrites: &[Rewrite]) -> Result<()> {
         let ids: Vec<GroupId> = rewrites.iter().map(|r| r.group).collect();
         let (mut edge_from, mut edge_to) = (Vec::new(), Vec::new());

@@ -145,6 +145,8 @@ pub struct Run {
     /// dictionary outgrows `DICTIONARY_LIMIT`, so memory stays bounded by the chunk.
     dict: Dictionary,
     carry: FxHashMap<GroupId, Rc<Node>>,
+    /// `Store::tangled`, read at the first chunk (or handed over by the caller).
+    tangled: Option<Rc<FxHashSet<GroupId>>>,
     after: GroupId,
     upto: GroupId,
     remaining: Option<u64>,
@@ -196,6 +198,7 @@ impl Run {
             memo: FxHashMap::default(),
             dict: Dictionary::default(),
             carry: FxHashMap::default(),
+            tangled: None,
             after,
             upto,
             total: 0,
@@ -218,6 +221,16 @@ impl Run {
     /// Groups this run will process in all (for progress reports; 0 when resumed).
     pub fn total(&self) -> u64 {
         self.total
+    }
+
+    /// The groups this run leaves alone because a malformed group reaches them
+    /// (`Store::tangled`), once known; a caller running a room chunk by chunk in
+    /// separate `Run`s hands it on with `set_tangled` instead of reading it again.
+    pub fn tangled(&self) -> Option<Rc<FxHashSet<GroupId>>> {
+        self.tangled.clone()
+    }
+    pub fn set_tangled(&mut self, tangled: Rc<FxHashSet<GroupId>>) {
+        self.tangled = Some(tangled);
     }
 
     /// What a failed chunk must not leave behind: `restore` it to retry the chunk
@@ -257,6 +270,9 @@ impl Run {
         if chunk.groups.is_empty() {
             self.finished = true;
             return Ok(None);
+        }
+        if self.tangled.is_none() {
+            self.tangled = Some(Rc::new(store.tangled(&self.room)?));
         }
         let report = self.process(store, chunk)?;
         self.after = report.last;
@@ -300,6 +316,7 @@ impl Run {
             groups: chunk.groups.len() as u64,
             ..ChunkReport::default()
         };
+        let tangled = self.tangled.clone().unwrap_or_default();
         let mut raw_rows: FxHashMap<GroupId, u64> = FxHashMap::default();
         for g in &chunk.groups {
             raw_rows.insert(g.id, g.rows.len() as u64);
@@ -330,7 +347,13 @@ impl Run {
             let input = match resolved {
                 Ok((orig_prev, own, state)) => {
                     states.insert(g.id, Some(state.clone()));
-                    let skip = chunk.frozen.contains(&g.id).then_some(SkipReason::Frozen);
+                    let skip = if chunk.frozen.contains(&g.id) {
+                        Some(SkipReason::Frozen)
+                    } else if tangled.contains(&g.id) {
+                        Some(SkipReason::Tangled)
+                    } else {
+                        None
+                    };
                     Input {
                         id: g.id,
                         orig_prev,

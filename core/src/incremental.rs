@@ -8,7 +8,10 @@
 //! verify → write → read back); only the bookkeeping around it lives here.
 
 use crate::engine::{ChunkReport, Options, Run, MAX_RESOLVE_HOPS};
+use std::rc::Rc;
+
 use crate::error::Result;
+use crate::hash::FxHashSet;
 use crate::levels::{Level, Levels};
 use crate::model::GroupId;
 use crate::store::Store;
@@ -40,6 +43,9 @@ pub struct ChunkResult {
     /// The saved levels did not match the stored tree (another tool or a manual
     /// rewrite changed it), so they were restarted before this chunk.
     pub levels_reset: bool,
+    /// The room's `Store::tangled` groups, to hand to the room's next chunk of the
+    /// same run (`None` when no chunk was loaded).
+    pub tangled: Option<Rc<FxHashSet<GroupId>>>,
 }
 
 /// How far a chunk that would not pay is extended before it is given up.
@@ -57,12 +63,14 @@ pub struct ChunkLimits {
 }
 
 /// Compress the next chunk of `room` after `progress`, atomically: its writes are kept
-/// only if they pay off.
+/// only if they pay off. `tangled` is what the room's previous chunk of this run
+/// returned, if any (it is read from the store otherwise).
 pub fn compress_chunk(
     store: &mut dyn Store,
     room: &str,
     progress: &Progress,
     limits: ChunkLimits,
+    mut tangled: Option<Rc<FxHashSet<GroupId>>>,
 ) -> Result<ChunkResult> {
     let spec = progress.levels.spec();
     let fresh = Levels::new(&spec);
@@ -87,8 +95,13 @@ pub fn compress_chunk(
         };
         let after = progress.last_compressed;
         let mut run = Run::resume(room, opts, levels.clone(), after, limits.upto)?;
+        if let Some(t) = &tangled {
+            run.set_tangled(t.clone());
+        }
         store.begin_atomic()?;
-        let report = match run.step(store) {
+        let stepped = run.step(store);
+        tangled = run.tangled();
+        let report = match stepped {
             Ok(Some(report)) => report,
             Ok(None) => {
                 store.end_atomic(false)?;
@@ -96,6 +109,7 @@ pub fn compress_chunk(
                     outcome: ChunkOutcome::Done,
                     progress: progress.clone(),
                     levels_reset: false,
+                    tangled,
                 });
             }
             Err(e) => {
@@ -130,6 +144,7 @@ pub fn compress_chunk(
                 levels,
             },
             levels_reset,
+            tangled,
         });
     }
 }

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::error::Result;
+use crate::hash::FxHashSet;
 use crate::model::{GroupId, RawGroup, StateRow};
 use crate::store::{Chain, Chunk, Rewrite, RoomExtent, Store};
 
@@ -204,6 +205,26 @@ impl Store for MemStore {
             groups,
             head_frozen: self.frozen(group),
         })
+    }
+
+    fn tangled(&mut self, room: &str) -> Result<FxHashSet<GroupId>> {
+        let t = &self.tables;
+        let in_room = |id: &GroupId| t.groups.get(id).map(String::as_str) == Some(room);
+        let mut todo: Vec<GroupId> = Vec::new();
+        for (&id, prevs) in &t.edges {
+            let malformed = in_room(&id) && (prevs.len() > 1 || prevs.iter().any(|&p| p >= id));
+            let foreign = !in_room(&id) && prevs.iter().any(in_room);
+            if malformed || foreign {
+                todo.extend_from_slice(prevs);
+            }
+        }
+        let mut reached = FxHashSet::default();
+        while let Some(id) = todo.pop() {
+            if reached.insert(id) {
+                todo.extend(t.edges.get(&id).into_iter().flatten().copied());
+            }
+        }
+        Ok(reached)
     }
 
     fn write_chunk(&mut self, _room: &str, rewrites: &[Rewrite]) -> Result<()> {

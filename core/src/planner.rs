@@ -41,6 +41,8 @@ pub enum SkipReason {
     /// Its stored state is not well defined (cycle, several predecessors, a predecessor
     /// with a higher id, conflicting duplicate rows, or such a group up its chain).
     Broken(String),
+    /// A malformed group reaches it over stored edges (see `Store::tangled`).
+    Tangled,
 }
 
 /// One group of a chunk, loaded and resolved.

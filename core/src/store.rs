@@ -60,6 +60,15 @@ pub trait Store {
         limit: usize,
     ) -> Result<Chunk>;
     fn load_chain(&mut self, group: GroupId, max_hops: usize) -> Result<Chain>;
+    /// Every group reached over stored edges, at any depth, from a malformed group of
+    /// the room (one with several predecessors, or with one not lower than itself) or
+    /// from a group outside the room with an edge into it. Synapse resolves a
+    /// malformed group from all the groups it reaches, highest id first, so rewriting
+    /// any of them could change its state even though each keeps its own; and a group
+    /// of another room may be malformed in ways this room's scan cannot see. The
+    /// engine asks once per run; Synapse writes no such edges, so this is almost
+    /// always empty.
+    fn tangled(&mut self, room: &str) -> Result<FxHashSet<GroupId>>;
     /// Replace the edge and rows of each rewritten group, set-based.
     fn write_chunk(&mut self, room: &str, rewrites: &[Rewrite]) -> Result<()>;
     /// The edges and rows stored now for `groups` (to check a write landed as planned).

@@ -16,7 +16,7 @@ use std::rc::Rc;
 
 use synapse_compress_core::engine;
 use synapse_compress_core::generator::{self, GenSpec};
-use synapse_compress_core::hash::FxHashMap;
+use synapse_compress_core::hash::{FxHashMap, FxHashSet};
 use synapse_compress_core::memstore::MemStore;
 use synapse_compress_core::state::{Dictionary, State};
 use synapse_compress_core::store::{Chain, Chunk, Rewrite, RoomExtent};
@@ -109,6 +109,9 @@ impl Store for Counting<'_> {
         self.chains += 1;
         self.chain_groups += c.groups.len() as u64;
         Ok(c)
+    }
+    fn tangled(&mut self, room: &str) -> Result<FxHashSet<GroupId>> {
+        self.inner.tangled(room)
     }
     fn write_chunk(&mut self, room: &str, rewrites: &[Rewrite]) -> Result<()> {
         self.inner.write_chunk(room, rewrites)

@@ -34,9 +34,11 @@ fn fresh(levels: &str) -> Progress {
 /// Compress `room` chunk by chunk up to `upto`; returns the outcomes.
 fn drain(s: &mut MemStore, room: &str, p: &mut Progress, limits: ChunkLimits) -> Vec<ChunkOutcome> {
     let mut out = Vec::new();
+    let mut tangled = None;
     for _ in 0..100_000 {
         let rows = total_rows(s);
-        let r = compress_chunk(s, room, p, limits).expect("chunk");
+        let r = compress_chunk(s, room, p, limits, tangled.take()).expect("chunk");
+        tangled = r.tangled.clone();
         assert!(total_rows(s) <= rows, "a chunk made the room grow");
         if let ChunkOutcome::NotSaved { .. } = r.outcome {
             assert_eq!(total_rows(s), rows, "an undone chunk left writes");
@@ -188,7 +190,7 @@ fn stale_saved_levels_are_detected_and_restarted() {
         upto: 600,
         min_saved_rows: 0,
     };
-    let r = compress_chunk(&mut s, "!r:hs", &p, limits).unwrap();
+    let r = compress_chunk(&mut s, "!r:hs", &p, limits, None).unwrap();
     assert!(r.levels_reset, "deep heads went unnoticed");
     check_invariants(&before, &s, 600);
     let mut p = r.progress;

@@ -128,6 +128,43 @@ fn random_databases_keep_every_groups_state() {
     );
 }
 
+/// Edges Synapse never writes (a second predecessor, one with a higher id, cycles):
+/// Synapse resolves such a group from every group it reaches, highest id first, so
+/// none of those may be rewritten, and everything else must still keep its state.
+#[test]
+fn malformed_edges_do_not_change_any_groups_state() {
+    let mut rewritten = 0;
+    for seed in 3000..3150u64 {
+        let mut rng = Rng::derive(seed, 11);
+        let (mut s, rooms) = load(&generator::random(seed));
+        let ids: Vec<GroupId> = s.tables.groups.keys().copied().collect();
+        if ids.len() < 4 {
+            continue;
+        }
+        for _ in 0..1 + rng.below(3) {
+            let (id, other) = (ids[rng.index(ids.len())], ids[rng.index(ids.len())]);
+            if rng.chance(0.5) {
+                s.tables.edges.entry(id).or_default().push(other);
+            } else {
+                s.tables.edges.insert(id, vec![other]);
+            }
+        }
+        let before = s.clone();
+        let levels = LEVELS[rng.index(LEVELS.len())];
+        let chunk = [1, 13, 500][rng.index(3)];
+        for room in &rooms {
+            if let Ok(sum) =
+                engine::compress_room(&mut s, room, opts(levels, chunk), 0, &mut |_, _| {})
+            {
+                rewritten += sum.groups_changed;
+            }
+        }
+        let max_hops = LevelSpec::parse(levels).unwrap().max_hops();
+        check_invariants(&before, &s, max_hops.max(before_max_depth(&before)));
+    }
+    assert!(rewritten > 1000, "too little was rewritten: {rewritten}");
+}
+
 /// Chains the data already had (untouched groups keep them).
 fn before_max_depth(s: &MemStore) -> u32 {
     s.tables

@@ -130,6 +130,15 @@ pub fn check_invariants(before: &MemStore, after: &MemStore, max_hops: u32) {
     }
 }
 
+/// The stored edge and rows of each group are as they were.
+pub fn assert_untouched(before: &MemStore, after: &MemStore, ids: &[GroupId]) {
+    for id in ids {
+        let (b, a) = (&before.tables, &after.tables);
+        assert_eq!(b.edges.get(id), a.edges.get(id), "edge of group {id}");
+        assert_eq!(b.rows.get(id), a.rows.get(id), "rows of group {id}");
+    }
+}
+
 pub fn total_rows(s: &MemStore) -> usize {
     s.tables.rows.values().map(Vec::len).sum()
 }
