@@ -72,8 +72,12 @@ q "CREATE TABLE adopted_before AS SELECT g.id, md5(string_agg(s.type || s.state_
 total=$(q "SELECT count(*) FROM state_groups")
 left=$(( total - 1000 ))
 
-# --- The worker waits quietly for the extension.
-sleep 1
+# --- The worker waits quietly for the extension. (If it started before createdb, it
+# exited on the missing database and the postmaster restarts it within 30 s.)
+for ((i = 0; i < 45 * 5; i++)); do
+    grep -q "waiting for CREATE EXTENSION synapse_compress" "$DIR/server.log" && break
+    sleep 0.2
+done
 if grep -q "waiting for CREATE EXTENSION synapse_compress" "$DIR/server.log"; then
     ok "worker waits for CREATE EXTENSION"
 else

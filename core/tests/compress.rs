@@ -14,7 +14,7 @@ fn linear_room_shrinks_and_keeps_state() {
     let before = s.clone();
     let sum = compress(&mut s, "!a:hs", opts("100,50,25", 500));
     check_invariants(&before, &s, 175);
-    assert!(sum.written);
+    assert!(sum.written, "{sum:?}");
     assert_eq!(sum.state_groups, 1000);
     assert_eq!(sum.rows_before as usize, total_rows(&before));
     assert_eq!(sum.rows_after as usize, total_rows(&s));
