@@ -7,9 +7,9 @@
 //! The chunk goes through the same `Run::step` as `compress_room` (load → plan →
 //! verify → write → read back); only the bookkeeping around it lives here.
 
-use crate::engine::{ChunkReport, Options, Run, MAX_RESOLVE_HOPS};
 use std::rc::Rc;
 
+use crate::engine::{ChunkReport, Options, Run, MAX_RESOLVE_HOPS};
 use crate::error::Result;
 use crate::hash::FxHashSet;
 use crate::levels::{Level, Levels};
