@@ -1,6 +1,6 @@
 # Entry points for developers and CI (.ci/run runs `make test`).
 # Everything installs what it needs first (`make setup`, idempotent and quick).
-.PHONY: setup fixture build install test test-unit test-pg test-e2e test-worker test-stress test-synapse demo bench lint clean-clusters
+.PHONY: setup fixture build install test test-unit test-pg test-e2e test-worker test-security test-stress test-synapse demo bench lint clean-clusters
 
 PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
 export PATH := $(HOME)/.cargo/bin:$(PATH)
@@ -22,7 +22,7 @@ install: setup
 
 # Every test: the pure core, the in-database #[pg_test]s, the end-to-end suites (SQL
 # cases, the background worker, concurrency stress and faults, a real Synapse).
-test: setup lint test-unit test-pg test-e2e test-worker test-stress test-synapse
+test: setup lint test-unit test-pg test-e2e test-worker test-security test-stress test-synapse
 
 lint:
 	cargo fmt --all -- --check
@@ -41,6 +41,11 @@ test-e2e: install build
 # The background worker in a cluster with shared_preload_libraries.
 test-worker: install build
 	bash pgrx-tests/worker.sh
+
+# Least privilege: Synapse's role plants triggers, a rule and look-alike functions;
+# superuser calls and the worker must never run them with more rights than that role.
+test-security: install build
+	bash pgrx-tests/security/run.sh
 
 # compress_room racing a simulation of Synapse's own state transactions (random
 # rounds, then forced interleavings), and faults (kill -9, cancel, statement_timeout,

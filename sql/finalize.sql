@@ -24,6 +24,7 @@ REVOKE EXECUTE ON FUNCTION synapse_compress.pause() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION synapse_compress.resume() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION synapse_compress.run_now() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION synapse_compress.reset_room(text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION synapse_compress.set_state_schema(text) FROM PUBLIC;
 
 COMMENT ON SCHEMA synapse_compress IS
 'synapse_compress scheduling: status and rooms views, run history, pause/resume/run_now/reset_room.';
@@ -52,7 +53,13 @@ COMMENT ON FUNCTION synapse_compress.run_now() IS
 COMMENT ON FUNCTION synapse_compress.reset_room(text) IS
 'Forget a room''s saved levels, progress and errors: the next run compresses it again from its first group with fresh levels.';
 COMMENT ON FUNCTION synapse_compress.room_state_groups(text) IS
-'Number of state groups of a room in Synapse''s state_groups (the rooms view''s state_groups column).';
+'Number of state groups of a room in Synapse''s state_groups (the rooms view''s state_groups column), read as the tables'' owner.';
+COMMENT ON FUNCTION synapse_compress.room_progress() IS
+'Every room''s saved progress in the existing tool''s tables: compressed_up_to (state_compressor_progress) and levels '
+'(length/size, finest first, from state_compressor_state); read as the tables'' owner. Empty before the first run.';
+COMMENT ON FUNCTION synapse_compress.set_state_schema(text) IS
+'Set the schema holding Synapse''s state tables (recorded at CREATE EXTENSION: the schema where state_groups_state was found, else public). '
+'Rewrites run as the owner of those tables, security-restricted; see the README, Security.';
 COMMENT ON TABLE synapse_compress.control IS
 'One row: paused (pause()/resume()), the last run_now() request, the watermark of the incremental room counts, rows saved in all.';
 COMMENT ON TABLE synapse_compress.room_queue IS

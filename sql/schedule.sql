@@ -1,41 +1,11 @@
 -- The schedule's bookkeeping: progress (the existing tool's tables, adopted as they
 -- are), the room queue, run history, the views admins read and the functions they call.
 
--- synapse_auto_compressor's tables, with its exact shapes: when they already exist (an
--- admin switching from it) they are adopted with their progress and level sizes; the
--- tool can still run after us, and we after it.
--- (Not CREATE TABLE IF NOT EXISTS: since PostgreSQL 15 an extension script may not
--- name an existing object it does not own that way.)
-DO $$
-BEGIN
-    IF to_regclass('state_compressor_state') IS NULL THEN
-        CREATE TABLE state_compressor_state (
-            room_id TEXT NOT NULL,
-            level_num INT NOT NULL,
-            max_size INT NOT NULL,
-            current_length INT NOT NULL,
-            current_head BIGINT,
-            UNIQUE (room_id, level_num)
-        );
-        PERFORM pg_catalog.pg_extension_config_dump('state_compressor_state', '');
-    END IF;
-    IF to_regclass('state_compressor_progress') IS NULL THEN
-        CREATE TABLE state_compressor_progress (
-            room_id TEXT PRIMARY KEY,
-            last_compressed BIGINT NOT NULL
-        );
-        PERFORM pg_catalog.pg_extension_config_dump('state_compressor_progress', '');
-    END IF;
-    IF to_regclass('state_compressor_total_progress') IS NULL THEN
-        CREATE TABLE state_compressor_total_progress (
-            lock CHAR(1) NOT NULL DEFAULT 'X' UNIQUE,
-            lowest_uncompressed_group BIGINT NOT NULL,
-            CHECK (lock = 'X')
-        );
-        INSERT INTO state_compressor_total_progress (lowest_uncompressed_group) VALUES (0);
-        PERFORM pg_catalog.pg_extension_config_dump('state_compressor_total_progress', '');
-    END IF;
-END $$;
+-- synapse_auto_compressor's tables (state_compressor_state, _progress, _total_progress)
+-- are not created here: they are created on first use, where and as the tool creates
+-- them (in the state tables' schema, owned by Synapse's role), and are never members
+-- of the extension. An admin switching from the tool keeps its progress; DROP
+-- EXTENSION leaves them, so the tool, or a reinstall, continues where we stopped.
 
 -- One row: the switches admins flip and the watermark of the incremental room counts.
 CREATE TABLE synapse_compress.control (
@@ -43,9 +13,18 @@ CREATE TABLE synapse_compress.control (
     paused boolean NOT NULL DEFAULT false,
     wake_requested_at timestamptz,
     scanned_upto bigint NOT NULL DEFAULT 0,
-    rows_saved bigint NOT NULL DEFAULT 0
+    rows_saved bigint NOT NULL DEFAULT 0,
+    -- Where Synapse's state tables are (set_state_schema() changes it).
+    state_schema text NOT NULL DEFAULT 'public'
 );
-INSERT INTO synapse_compress.control DEFAULT VALUES;
+-- The schema holding state_groups_state now, preferring the extension's own; else
+-- public (Synapse may create its tables after us).
+INSERT INTO synapse_compress.control (state_schema)
+SELECT coalesce((SELECT n.nspname FROM pg_catalog.pg_class c
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                 WHERE c.relname = 'state_groups_state' AND c.relkind IN ('r', 'p')
+                 ORDER BY n.nspname = '@extschema@' DESC, n.nspname LIMIT 1),
+                'public');
 
 -- Per room: what is left to compress (kept up to date incrementally), what was saved,
 -- and the last error with its backoff.
@@ -127,21 +106,14 @@ LEFT JOIN LATERAL (SELECT * FROM synapse_compress.runs r WHERE r.outcome = 'runn
 LEFT JOIN LATERAL (SELECT * FROM synapse_compress.runs r WHERE r.outcome <> 'running'
                    ORDER BY r.run_id DESC LIMIT 1) last ON true;
 
--- PL/pgSQL binds state_groups when called, not when the extension is created: the
--- extension installs before Synapse has created its tables (or in pgrx's test database).
-CREATE FUNCTION synapse_compress.room_state_groups(room_id text) RETURNS bigint
-LANGUAGE plpgsql STABLE SET search_path = @extschema@, pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN (SELECT count(*) FROM state_groups g WHERE g.room_id = room_state_groups.room_id);
-END $$;
-
+-- Synapse's tables are read by room_state_groups() and room_progress(), which run as
+-- their owner (src/admin.rs): a view must not run the owner's code as its reader.
 CREATE VIEW synapse_compress.rooms AS
 SELECT
     q.room_id,
     synapse_compress.room_state_groups(q.room_id) AS state_groups,
-    p.last_compressed AS compressed_up_to,
-    (SELECT string_agg(s.current_length || '/' || s.max_size, ',' ORDER BY s.level_num)
-       FROM state_compressor_state s WHERE s.room_id = q.room_id) AS levels,
+    p.compressed_up_to,
+    p.levels,
     q.pending_groups,
     q.pending_rows,
     q.rows_saved,
@@ -153,7 +125,7 @@ SELECT
     q.error_count,
     q.next_retry
 FROM synapse_compress.room_queue q
-LEFT JOIN state_compressor_progress p USING (room_id);
+LEFT JOIN synapse_compress.room_progress() p USING (room_id);
 
 CREATE FUNCTION synapse_compress.pause() RETURNS void
 LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
@@ -180,53 +152,45 @@ BEGIN
     RETURN woken;
 END $$;
 
--- The search_path is pinned: the state tables are looked up in the extension's schema,
--- never in a schema the caller controls.
-CREATE FUNCTION synapse_compress.reset_room(room_id text) RETURNS void
-LANGUAGE plpgsql SET search_path = @extschema@, pg_catalog, pg_temp AS $$
-DECLARE
-    known boolean;
+CREATE FUNCTION synapse_compress.set_state_schema(schema_name text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF reset_room.room_id IS NULL THEN
-        RAISE EXCEPTION 'room_id must not be NULL' USING ERRCODE = 'null_value_not_allowed',
-            HINT = 'Pass the room id, e.g. ''!abc:example.org''.';
+    IF schema_name IS NULL THEN
+        RAISE EXCEPTION 'schema_name must not be NULL' USING ERRCODE = 'null_value_not_allowed',
+            HINT = 'Pass the schema holding Synapse''s state_groups_state, e.g. ''public''.';
     END IF;
-    known := EXISTS (SELECT 1 FROM synapse_compress.room_queue q WHERE q.room_id = reset_room.room_id)
-          OR EXISTS (SELECT 1 FROM state_compressor_progress p WHERE p.room_id = reset_room.room_id)
-          OR EXISTS (SELECT 1 FROM state_groups g WHERE g.room_id = reset_room.room_id);
-    IF NOT known THEN
-        RAISE EXCEPTION 'room % has no state groups and no compression progress', quote_literal(reset_room.room_id)
-            USING ERRCODE = 'undefined_object',
-                  HINT = 'List rooms with: SELECT room_id FROM synapse_compress.rooms.';
+    IF NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = schema_name) THEN
+        RAISE EXCEPTION 'schema % does not exist', quote_ident(schema_name)
+            USING ERRCODE = 'invalid_schema_name',
+                  HINT = 'Find Synapse''s tables with: SELECT schemaname FROM pg_tables WHERE tablename = ''state_groups_state''.';
     END IF;
-    -- Waits for a chunk of this room in progress, then forgets the room's levels and
-    -- errors: the next run starts it over from its first group with fresh levels.
-    PERFORM pg_advisory_xact_lock(hashtext('synapse_compress'), hashtext(reset_room.room_id));
-    DELETE FROM state_compressor_state s WHERE s.room_id = reset_room.room_id;
-    DELETE FROM state_compressor_progress p WHERE p.room_id = reset_room.room_id;
-    INSERT INTO synapse_compress.room_queue AS q (room_id, pending_groups, pending_rows)
-    SELECT reset_room.room_id,
-           (SELECT count(*) FROM state_groups g WHERE g.room_id = reset_room.room_id),
-           (SELECT count(*) FROM state_groups_state s WHERE s.room_id = reset_room.room_id)
-    ON CONFLICT ON CONSTRAINT room_queue_pkey DO UPDATE
-        SET pending_groups = excluded.pending_groups, pending_rows = excluded.pending_rows,
-            last_error = NULL, last_error_at = NULL, error_count = 0, next_retry = NULL;
+    IF NOT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                   WHERE n.nspname = schema_name AND c.relname = 'state_groups_state'
+                     AND c.relkind IN ('r', 'p')) THEN
+        RAISE EXCEPTION 'schema % has no table state_groups_state', quote_ident(schema_name)
+            USING ERRCODE = 'undefined_table',
+                  HINT = 'Find Synapse''s tables with: SELECT schemaname FROM pg_tables WHERE tablename = ''state_groups_state''.';
+    END IF;
+    UPDATE synapse_compress.control SET state_schema = schema_name;
 END $$;
 
 -- One scheduled run in the foreground, committing after every chunk: for servers that
 -- cannot preload the library, or to compress now under the admin's eye.
--- (No SET search_path: a procedure with SET clauses may not COMMIT. Every name in it
--- is schema-qualified or in pg_catalog.)
+-- A procedure with SET clauses may not COMMIT, so the search_path is pinned for each
+-- transaction by its first statement (set_config(..., true) lasts until COMMIT), before
+-- any expression is planned: the database's search_path is its owner's to set, and
+-- could put look-alike functions or operators ahead of pg_catalog.
 CREATE PROCEDURE compress_database(time_budget interval DEFAULT NULL, max_chunks integer DEFAULT NULL)
 LANGUAGE plpgsql AS $$
 DECLARE
     run bigint;
     r record;
-    started timestamptz := clock_timestamp();
+    started timestamptz := pg_catalog.clock_timestamp();
     chunks integer := 0;
     outcome text := 'done';
     pause_ms integer;
 BEGIN
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     IF max_chunks IS NOT NULL AND max_chunks < 1 THEN
         RAISE EXCEPTION 'max_chunks must be positive, not %', max_chunks
             USING ERRCODE = 'invalid_parameter_value', HINT = 'Leave it NULL for no limit.';
@@ -237,6 +201,7 @@ BEGIN
     END IF;
     run := synapse_compress.begin_run('procedure');
     COMMIT;
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     LOOP
         IF max_chunks IS NOT NULL AND chunks >= max_chunks
            OR time_budget IS NOT NULL AND clock_timestamp() - started >= time_budget THEN
@@ -245,6 +210,7 @@ BEGIN
         END IF;
         r := synapse_compress.run_chunk(run);
         COMMIT;
+        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
         EXIT WHEN r.outcome = 'no_work';
         chunks := chunks + 1;
         IF r.outcome = 'failed' THEN
@@ -258,6 +224,7 @@ BEGIN
     END LOOP;
     PERFORM synapse_compress.end_run(run, outcome, NULL);
     COMMIT;
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     SELECT * INTO r FROM synapse_compress.runs WHERE run_id = run;
     RAISE NOTICE 'compress_database: % chunks in % rooms, % groups, rows % -> %, % errors (run %, %)',
         r.chunks, r.rooms, r.groups, r.rows_before, r.rows_after, r.errors, run, outcome;

@@ -1,7 +1,12 @@
 //! SQL functions of the `synapse_compress` schema written in Rust: the plumbing of
 //! scheduled runs (`begin_run`, `run_chunk`, `end_run`, used by `CALL
-//! compress_database()`) and the worker's latch. The admin-facing functions around them
-//! (`pause`, `resume`, `run_now`, `reset_room`) and the views are in sql/schedule.sql.
+//! compress_database()`), the worker's latch, and what reads or changes Synapse's
+//! tables for the views and admins (`room_state_groups`, `room_progress`, `reset_room`),
+//! which must run as the tables' owner. The rest (`pause`, `resume`, `run_now`,
+//! `set_state_schema`) and the views are in sql/schedule.sql.
+//!
+//! Every function pins `search_path`: the database's own default is the database
+//! owner's to set, and may hold look-alike functions and operators.
 
 use pgrx::prelude::*;
 
@@ -9,33 +14,38 @@ use pgrx::prelude::*;
 pub mod synapse_compress {
     use pgrx::prelude::*;
 
-    use crate::errors::{raise, required};
+    use crate::errors::{clean, raise, required};
     use crate::schedule::{self, Source};
     use crate::worker;
 
     /// Whether this server registered the background worker (library preloaded and
     /// `synapse_compress.workers` > 0).
     #[pg_extern(stable, parallel_safe)]
+    #[search_path(pg_catalog, pg_temp)]
     fn worker_registered() -> bool {
         worker::registered()
     }
 
     /// Set the latch of every running worker; returns how many were woken.
     #[pg_extern(volatile, parallel_unsafe)]
+    #[search_path(pg_catalog, pg_temp)]
     fn wake_workers() -> i32 {
         worker::wake_all()
     }
 
     /// Start a scheduled run (internal: used by compress_database).
     #[pg_extern(volatile, parallel_unsafe)]
+    #[search_path(pg_catalog, pg_temp)]
     fn begin_run(source: Option<&str>) -> i64 {
         let source = Source::parse(required(source, "source")).unwrap_or_else(|e| raise(e));
-        Spi::connect_mut(|client| schedule::begin_run(client, source)).unwrap_or_else(|e| raise(e))
+        clean(|| Spi::connect_mut(|client| schedule::begin_run(client, source)))
+            .unwrap_or_else(|e| raise(e))
     }
 
     /// Compress the next chunk of a run (internal: used by compress_database).
     #[allow(clippy::type_complexity)]
     #[pg_extern(volatile, parallel_unsafe)]
+    #[search_path(pg_catalog, pg_temp)]
     fn run_chunk(
         run_id: Option<i64>,
     ) -> TableIterator<
@@ -51,7 +61,7 @@ pub mod synapse_compress {
         ),
     > {
         let run = required(run_id, "run_id");
-        let s = Spi::connect_mut(|client| schedule::run_chunk(client, run))
+        let s = clean(|| Spi::connect_mut(|client| schedule::run_chunk(client, run)))
             .unwrap_or_else(|e| raise(e));
         TableIterator::once((
             s.outcome.to_string(),
@@ -66,10 +76,46 @@ pub mod synapse_compress {
 
     /// Finish a run (internal: used by compress_database).
     #[pg_extern(volatile, parallel_unsafe)]
+    #[search_path(pg_catalog, pg_temp)]
     fn end_run(run_id: Option<i64>, outcome: Option<&str>, message: Option<&str>) {
         let run = required(run_id, "run_id");
         let outcome = required(outcome, "outcome");
-        Spi::connect_mut(|client| schedule::end_run(client, run, outcome, message))
+        clean(|| Spi::connect_mut(|client| schedule::end_run(client, run, outcome, message)))
+            .unwrap_or_else(|e| raise(e))
+    }
+
+    /// Number of state groups of a room (the rooms view's state_groups column).
+    #[pg_extern(stable, parallel_restricted)]
+    #[search_path(pg_catalog, pg_temp)]
+    fn room_state_groups(room_id: Option<&str>) -> Option<i64> {
+        let room = room_id?;
+        clean(|| Spi::connect(|client| schedule::room_state_groups(client, room)))
+            .map(Some)
+            .unwrap_or_else(|e| raise(e))
+    }
+
+    /// Every room's saved progress in the existing tool's tables (the rooms view).
+    #[allow(clippy::type_complexity)]
+    #[pg_extern(stable, parallel_restricted)]
+    #[search_path(pg_catalog, pg_temp)]
+    fn room_progress() -> TableIterator<
+        'static,
+        (
+            name!(room_id, String),
+            name!(compressed_up_to, i64),
+            name!(levels, Option<String>),
+        ),
+    > {
+        let rows = clean(|| Spi::connect(schedule::room_progress)).unwrap_or_else(|e| raise(e));
+        TableIterator::new(rows)
+    }
+
+    /// Forget a room's saved levels, progress and errors: the next run starts it over.
+    #[pg_extern(volatile, parallel_unsafe)]
+    #[search_path(pg_catalog, pg_temp)]
+    fn reset_room(room_id: Option<&str>) {
+        let room = required(room_id, "room_id");
+        clean(|| Spi::connect_mut(|client| schedule::reset_room(client, room)))
             .unwrap_or_else(|e| raise(e))
     }
 }

@@ -1,16 +1,16 @@
 //! SQL-callable functions. Each one checks its input, then hands the work to the
 //! core engine with an SPI store; see `sql/finalize.sql` for grants and comments.
 
-use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
 use pgrx::prelude::*;
-use pgrx::{PgSqlErrorCode, PgTryBuilder};
+use pgrx::PgSqlErrorCode;
 use synapse_compress_core::engine::{self, NotWritten, Options, Summary};
 use synapse_compress_core::planner::SkipReason;
 use synapse_compress_core::{Error, LevelSpec};
 
-use crate::errors::{raise, report, required};
+use crate::errors::{self, raise, report, required};
+use crate::owner::{Access, StateTables};
 use crate::store::SpiStore;
 use crate::{gucs, progress, subxact};
 
@@ -18,6 +18,7 @@ use crate::{gucs, progress, subxact};
 // pgrx needs the row type spelled out in place (no alias), hence the allow.
 #[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
 fn compress_room(
     room_id: Option<&str>,
     levels: default!(Option<&str>, "'100,50,25'"),
@@ -67,14 +68,10 @@ fn compress_room(
     }
 
     let level = subxact::Level::here();
-    let summary = PgTryBuilder::new(AssertUnwindSafe(|| {
-        run(room, opts, dry_run, min_saved_rows)
-    }))
-    .catch_others(|e| {
-        level.unwind();
-        e.rethrow()
-    })
-    .execute()
+    let summary = errors::boundary(
+        || level.unwind(),
+        || run(room, opts, dry_run, min_saved_rows),
+    )
     .unwrap_or_else(|e| raise(e));
 
     match &summary.not_written {
@@ -105,55 +102,70 @@ fn compress_room(
     ))
 }
 
-/// The compression itself, in one SPI connection.
+/// The compression itself, in one SPI connection, as the state tables' owner.
 fn run(room: &str, opts: Options, dry_run: bool, min_saved_rows: i64) -> Result<Summary, Error> {
     Spi::connect_mut(|client| {
+        let access = if dry_run { Access::Read } else { Access::Write };
+        let mut tables = StateTables::resolve(client, access)?;
         if !dry_run {
             lock_room(client, room);
         }
-        let mut store =
-            SpiStore::new(client, !dry_run).unwrap_or_else(|e| raise(Error::Store(e.to_string())));
-        let interval = Duration::from_secs(gucs::PROGRESS_INTERVAL.get() as u64);
-        let mut last_notice = Instant::now();
-        let mut on_chunk = |run: &engine::Run, chunk: &engine::ChunkReport| {
-            for (group, reason) in chunk.skipped.iter().take(3) {
-                let why = match reason {
-                    SkipReason::Frozen => "pending deletion or being persisted".to_string(),
-                    SkipReason::Broken(why) => why.clone(),
-                    SkipReason::Tangled => {
-                        "a malformed group (several predecessors, or a higher one) reaches it"
-                            .to_string()
-                    }
-                };
-                notice!("compress_room {room}: state group {group} left unchanged: {why}");
-            }
-            if chunk.skipped.len() > 3 {
-                notice!(
-                    "compress_room {room}: {} more groups left unchanged in this chunk",
-                    chunk.skipped.len() - 3
-                );
-            }
-            if last_notice.elapsed() >= interval {
-                last_notice = Instant::now();
-                let s = run.summary();
-                notice!(
-                    "compress_room {room}: {}/{} groups, {} changed, rows {} -> {}",
-                    s.state_groups,
-                    run.total(),
-                    s.groups_changed,
-                    s.rows_before,
-                    s.rows_after
-                );
-            }
-        };
-        let summary = engine::compress_room(&mut store, room, opts, min_saved_rows, &mut on_chunk)?;
-        drop(store);
-        // Scheduled runs continue from where this one left the room.
-        if let Some(end) = &summary.end {
-            progress::save(client, room, end)?;
-        }
-        Ok(summary)
+        tables
+            .owner()
+            .run(|| compress_as_owner(client, &mut tables, room, opts, min_saved_rows))
     })
+}
+
+fn compress_as_owner(
+    client: &mut pgrx::spi::SpiClient<'_>,
+    tables: &mut StateTables,
+    room: &str,
+    opts: Options,
+    min_saved_rows: i64,
+) -> Result<Summary, Error> {
+    let dry_run = opts.dry_run;
+    let mut store = SpiStore::new(client, tables, !dry_run)
+        .unwrap_or_else(|e| raise(Error::Store(e.to_string())));
+    let interval = Duration::from_secs(gucs::PROGRESS_INTERVAL.get() as u64);
+    let mut last_notice = Instant::now();
+    let mut on_chunk = |run: &engine::Run, chunk: &engine::ChunkReport| {
+        for (group, reason) in chunk.skipped.iter().take(3) {
+            let why = match reason {
+                SkipReason::Frozen => "pending deletion or being persisted".to_string(),
+                SkipReason::Broken(why) => why.clone(),
+                SkipReason::Tangled => {
+                    "a malformed group (several predecessors, or a higher one) reaches it"
+                        .to_string()
+                }
+            };
+            notice!("compress_room {room}: state group {group} left unchanged: {why}");
+        }
+        if chunk.skipped.len() > 3 {
+            notice!(
+                "compress_room {room}: {} more groups left unchanged in this chunk",
+                chunk.skipped.len() - 3
+            );
+        }
+        if last_notice.elapsed() >= interval {
+            last_notice = Instant::now();
+            let s = run.summary();
+            notice!(
+                "compress_room {room}: {}/{} groups, {} changed, rows {} -> {}",
+                s.state_groups,
+                run.total(),
+                s.groups_changed,
+                s.rows_before,
+                s.rows_after
+            );
+        }
+    };
+    let summary = engine::compress_room(&mut store, room, opts, min_saved_rows, &mut on_chunk)?;
+    drop(store);
+    // Scheduled runs continue from where this one left the room.
+    if let Some(end) = &summary.end {
+        progress::save(client, tables, room, end)?;
+    }
+    Ok(summary)
 }
 
 /// One rewrite of a room at a time (sessions and the worker): a transaction-level

@@ -1,8 +1,10 @@
 //! The SQL boundary for errors: each core error becomes a PostgreSQL ERROR with a
 //! SQLSTATE a client can act on and a hint a human can.
 
-use pgrx::pg_sys::panic::ErrorReport;
-use pgrx::{PgLogLevel, PgSqlErrorCode};
+use std::panic::AssertUnwindSafe;
+
+use pgrx::pg_sys::panic::{CaughtError, ErrorReport, ErrorReportWithLevel};
+use pgrx::{PgLogLevel, PgSqlErrorCode, PgTryBuilder};
 use synapse_compress_core::Error;
 
 /// Raise `err` as an ERROR. Never returns; the transaction (and any write) aborts.
@@ -55,6 +57,12 @@ fn code_and_hint(err: &Error) -> (PgSqlErrorCode, String) {
             "Something else changed the room's state groups meanwhile; nothing was written. Retry.".into(),
         ),
         Error::Store(_) => (PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "Nothing was written.".into()),
+        Error::NoStateTables { .. } => (
+            PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+            "Point synapse_compress at the schema holding Synapse's state tables: \
+             SELECT synapse_compress.set_state_schema('schema').".into(),
+        ),
+        Error::Unsafe { hint, .. } => (PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, hint.clone()),
     }
 }
 
@@ -63,6 +71,45 @@ pub fn report(code: PgSqlErrorCode, message: String, hint: String) -> ! {
     ErrorReport::new(code, message, "synapse_compress")
         .set_hint(hint)
         .report(PgLogLevel::ERROR);
+    unreachable!("ERROR does not return")
+}
+
+/// The body of a SQL function. An ERROR that PostgreSQL raises inside it (a
+/// serialization failure, a deadlock, a permission check) reaches the client as
+/// PostgreSQL raised it: left to pgrx, its DETAIL would carry the Rust backtrace
+/// whenever the server runs with RUST_BACKTRACE set. `cleanup` runs first (e.g. to
+/// roll back subtransactions begun inside).
+pub fn boundary<T>(cleanup: impl Fn(), body: impl FnOnce() -> T) -> T {
+    let cleanup = AssertUnwindSafe(cleanup);
+    PgTryBuilder::new(AssertUnwindSafe(body))
+        .catch_others(move |caught| {
+            (*cleanup)();
+            match caught {
+                CaughtError::PostgresError(r) => reraise(&r),
+                other => other.rethrow(),
+            }
+        })
+        .execute()
+}
+
+/// `boundary` with nothing to clean up.
+pub fn clean<T>(body: impl FnOnce() -> T) -> T {
+    boundary(|| {}, body)
+}
+
+fn reraise(r: &ErrorReportWithLevel) -> ! {
+    let mut e = ErrorReport::new(
+        r.sql_error_code(),
+        r.message().to_string(),
+        "synapse_compress",
+    );
+    if let Some(detail) = r.detail() {
+        e = e.set_detail(detail);
+    }
+    if let Some(hint) = r.hint() {
+        e = e.set_hint(hint);
+    }
+    e.report(PgLogLevel::ERROR);
     unreachable!("ERROR does not return")
 }
 

@@ -7,6 +7,8 @@
 //! - `worker`: the background worker that drives `schedule` on a timer;
 //! - `admin`: the `synapse_compress.*` SQL functions behind `CALL compress_database()`;
 //! - `progress`: a room's saved levels (the existing tool's tables);
+//! - `owner`: where Synapse's tables are, and running every access to them as their
+//!   owner, security-restricted (least privilege);
 //! - `store`: the core's `Store` over SPI (reads, locks, set-based writes);
 //! - `guard`: containing one chunk's failure (subtransaction, bounded retries);
 //! - `subxact`: internal subtransactions;
@@ -20,6 +22,7 @@ mod api;
 mod errors;
 mod guard;
 mod gucs;
+mod owner;
 mod progress;
 mod schedule;
 mod store;
@@ -33,7 +36,9 @@ pgrx::extension_sql_file!(
     name = "schedule",
     requires = [
         admin::synapse_compress::worker_registered,
-        admin::synapse_compress::wake_workers
+        admin::synapse_compress::wake_workers,
+        admin::synapse_compress::room_state_groups,
+        admin::synapse_compress::room_progress
     ]
 );
 pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);

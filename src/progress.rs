@@ -1,6 +1,7 @@
 //! A room's saved progress in the existing tool's tables (`state_compressor_progress`,
 //! `state_compressor_state`), read and written exactly as synapse_auto_compressor
-//! does, so either can continue where the other stopped.
+//! does, so either can continue where the other stopped. Call these as the tables'
+//! owner (`Owner::run`): Synapse's role owns the tool's tables.
 
 use pgrx::datum::DatumWithOid;
 use pgrx::spi::SpiClient;
@@ -8,16 +9,30 @@ use synapse_compress_core::incremental::Progress;
 use synapse_compress_core::levels::Level;
 use synapse_compress_core::{Error, LevelSpec, Levels, Result};
 
+use crate::owner::StateTables;
 use crate::store::{free_result, spi};
 
 /// The room's progress, or a fresh start with `default` levels. Saved levels that do
 /// not make sense are replaced by fresh ones (always safe: the next group starts a
 /// new tree); `corrected` tells the caller.
-pub fn load(client: &SpiClient<'_>, room: &str, default: &LevelSpec) -> Result<(Progress, bool)> {
+pub fn load(
+    client: &SpiClient<'_>,
+    tables: &StateTables,
+    room: &str,
+    default: &LevelSpec,
+) -> Result<(Progress, bool)> {
+    if !tables.has_tool_tables() {
+        let fresh = Progress {
+            last_compressed: 0,
+            levels: Levels::new(default),
+        };
+        return Ok((fresh, false));
+    }
     let args: [DatumWithOid; 1] = [room.into()];
     let last = client
         .select(
-            "SELECT last_compressed FROM state_compressor_progress WHERE room_id = $1",
+            &tables
+                .sql("SELECT last_compressed FROM @s.state_compressor_progress WHERE room_id = $1"),
             None,
             &args,
         )
@@ -30,8 +45,10 @@ pub fn load(client: &SpiClient<'_>, room: &str, default: &LevelSpec) -> Result<(
     free_result();
     let table = client
         .select(
-            "SELECT max_size, current_length, current_head FROM state_compressor_state \
-             WHERE room_id = $1 ORDER BY level_num",
+            &tables.sql(
+                "SELECT max_size, current_length, current_head FROM @s.state_compressor_state \
+                 WHERE room_id = $1 ORDER BY level_num",
+            ),
             None,
             &args,
         )
@@ -89,7 +106,13 @@ fn bad_level() -> Error {
 }
 
 /// Save the room's progress (in the caller's transaction, with the chunk's writes).
-pub fn save(client: &mut SpiClient<'_>, room: &str, p: &Progress) -> Result<()> {
+pub fn save(
+    client: &mut SpiClient<'_>,
+    tables: &mut StateTables,
+    room: &str,
+    p: &Progress,
+) -> Result<()> {
+    tables.ensure_tool_tables(client)?;
     let levels = p.levels.levels();
     let nums: Vec<i32> = (1..=levels.len() as i32).collect();
     let sizes: Vec<i32> = levels.iter().map(|l| l.max_size as i32).collect();
@@ -97,7 +120,7 @@ pub fn save(client: &mut SpiClient<'_>, room: &str, p: &Progress) -> Result<()> 
     let heads: Vec<Option<i64>> = levels.iter().map(|l| l.head).collect();
     client
         .update(
-            "DELETE FROM state_compressor_state WHERE room_id = $1",
+            &tables.sql("DELETE FROM @s.state_compressor_state WHERE room_id = $1"),
             None,
             &[room.into()],
         )
@@ -105,17 +128,29 @@ pub fn save(client: &mut SpiClient<'_>, room: &str, p: &Progress) -> Result<()> 
     free_result();
     client
         .update(
-            "INSERT INTO state_compressor_state (room_id, level_num, max_size, current_length, current_head) \
-             SELECT $1, u.n, u.s, u.l, u.h FROM unnest($2::int[], $3::int[], $4::int[], $5::bigint[]) AS u(n, s, l, h)",
+            &tables.sql(
+                "INSERT INTO @s.state_compressor_state \
+                     (room_id, level_num, max_size, current_length, current_head) \
+                 SELECT $1, u.n, u.s, u.l, u.h \
+                 FROM unnest($2::int[], $3::int[], $4::int[], $5::bigint[]) AS u(n, s, l, h)",
+            ),
             None,
-            &[room.into(), nums.into(), sizes.into(), lengths.into(), heads.into()],
+            &[
+                room.into(),
+                nums.into(),
+                sizes.into(),
+                lengths.into(),
+                heads.into(),
+            ],
         )
         .map_err(spi)?;
     free_result();
     client
         .update(
-            "INSERT INTO state_compressor_progress (room_id, last_compressed) VALUES ($1, $2) \
-             ON CONFLICT (room_id) DO UPDATE SET last_compressed = excluded.last_compressed",
+            &tables.sql(
+                "INSERT INTO @s.state_compressor_progress (room_id, last_compressed) VALUES ($1, $2) \
+                 ON CONFLICT (room_id) DO UPDATE SET last_compressed = excluded.last_compressed",
+            ),
             None,
             &[room.into(), p.last_compressed.into()],
         )

@@ -16,9 +16,10 @@ use pgrx::spi::SpiClient;
 use pgrx::{pg_sys, FromDatum, IntoDatum};
 use synapse_compress_core::engine::MAX_CHUNK_SIZE;
 use synapse_compress_core::hash::FxHashSet;
-use synapse_compress_core::incremental::{self, ChunkLimits, ChunkOutcome};
+use synapse_compress_core::incremental::{self, ChunkLimits, ChunkOutcome, ChunkResult, Progress};
 use synapse_compress_core::{Error, GroupId, LevelSpec, Result};
 
+use crate::owner::{Access, StateTables};
 use crate::store::{free_result, spi, SpiStore};
 use crate::{errors, guard, gucs, progress};
 
@@ -88,6 +89,62 @@ fn default_levels() -> Result<LevelSpec> {
     LevelSpec::parse(&gucs::text(&gucs::LEVELS))
 }
 
+/// Groups created since the last run's watermark, per room.
+#[derive(Default)]
+struct NewGroups {
+    rooms: Vec<String>,
+    groups: Vec<i64>,
+    rows: Vec<i64>,
+}
+
+/// The newest group id and, above `scanned`, the new groups and rows of each room (an
+/// index range scan, never the whole table again). Run as the tables' owner.
+fn count_new_groups(
+    client: &SpiClient<'_>,
+    tables: &StateTables,
+    scanned: i64,
+) -> Result<(i64, NewGroups)> {
+    let upto: i64 = one(
+        client,
+        &tables.sql("SELECT coalesce(max(id), 0) FROM @s.state_groups"),
+        &[],
+    )?
+    .unwrap_or(0);
+    let mut new = NewGroups::default();
+    if upto <= scanned {
+        return Ok((upto, new));
+    }
+    let progress = if tables.has_tool_tables() {
+        "LEFT JOIN @s.state_compressor_progress p ON p.room_id = g.room_id \
+         WHERE g.id > $1 AND g.id <= $2 AND g.id > coalesce(p.last_compressed, 0)"
+    } else {
+        "WHERE g.id > $1 AND g.id <= $2"
+    };
+    let sql = tables.sql(&format!(
+        "SELECT g.room_id, count(*), coalesce(sum(r.n), 0)::bigint \
+         FROM @s.state_groups g \
+         LEFT JOIN (SELECT state_group, count(*) AS n FROM @s.state_groups_state \
+                    WHERE state_group > $1 AND state_group <= $2 GROUP BY state_group) r \
+                ON r.state_group = g.id \
+         {progress} GROUP BY g.room_id"
+    ));
+    let table = client
+        .select(&sql, None, &[scanned.into(), upto.into()])
+        .map_err(spi)?;
+    for row in table {
+        let room: Option<String> = row.get(1).map_err(spi)?;
+        let groups: Option<i64> = row.get(2).map_err(spi)?;
+        let rows: Option<i64> = row.get(3).map_err(spi)?;
+        if let Some(room) = room {
+            new.rooms.push(room);
+            new.groups.push(groups.unwrap_or(0));
+            new.rows.push(rows.unwrap_or(0));
+        }
+    }
+    free_result();
+    Ok((upto, new))
+}
+
 /// Start a run: close runs whose backend is gone, prune history, bring the room queue
 /// up to date with the groups created since the last run, and record the run. Groups
 /// created after this point are left to the next run.
@@ -112,25 +169,24 @@ pub fn begin_run(client: &mut SpiClient<'_>, source: Source) -> Result<i64> {
         &[],
     )?
     .ok_or_else(|| Error::Store("synapse_compress.control has no row".into()))?;
-    let upto: i64 = one(client, "SELECT coalesce(max(id), 0) FROM state_groups", &[])?.unwrap_or(0);
+    let tables = StateTables::resolve(client, Access::Write)?;
+    let (upto, new_groups) = tables
+        .owner()
+        .run(|| count_new_groups(client, &tables, scanned))?;
     if upto > scanned {
-        // Only the new groups are counted (an index range scan), never the whole table
-        // again; groups an adopted room had already compressed are not counted.
+        // Rooms an adopted tool had already compressed past are not counted again.
         exec(
             client,
             "INSERT INTO synapse_compress.room_queue AS q (room_id, pending_groups, pending_rows) \
-             SELECT g.room_id, count(*), coalesce(sum(r.n), 0) \
-             FROM state_groups g \
-             LEFT JOIN state_compressor_progress p ON p.room_id = g.room_id \
-             LEFT JOIN (SELECT state_group, count(*) AS n FROM state_groups_state \
-                        WHERE state_group > $1 AND state_group <= $2 GROUP BY state_group) r \
-                    ON r.state_group = g.id \
-             WHERE g.id > $1 AND g.id <= $2 AND g.id > coalesce(p.last_compressed, 0) \
-             GROUP BY g.room_id \
+             SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[]) \
              ON CONFLICT (room_id) DO UPDATE \
                 SET pending_groups = q.pending_groups + excluded.pending_groups, \
                     pending_rows = q.pending_rows + excluded.pending_rows",
-            &[scanned.into(), upto.into()],
+            &[
+                new_groups.rooms.into(),
+                new_groups.groups.into(),
+                new_groups.rows.into(),
+            ],
         )?;
         exec(
             client,
@@ -268,7 +324,9 @@ pub fn run_chunk(client: &mut SpiClient<'_>, run: i64) -> Result<Step> {
             ..Step::default()
         });
     };
-    let (progress, corrected) = progress::load(client, &room, &levels)?;
+    let mut tables = StateTables::resolve(client, Access::Write)?;
+    let owner = tables.owner();
+    let (progress, corrected) = owner.run(|| progress::load(client, &tables, &room, &levels))?;
     if row.source == Source::Worker {
         report_activity(&format!(
             "synapse_compress run {run}: room {room}, chunk after state group {}",
@@ -286,19 +344,9 @@ pub fn run_chunk(client: &mut SpiClient<'_>, run: i64) -> Result<Step> {
         _ => None,
     });
     let result = guard::contained(|| {
-        let mut store = SpiStore::new(client, true).map_err(spi)?;
-        let r = incremental::compress_chunk(&mut store, &room, &progress, limits, tangled.clone())?;
-        if let Some(set) = &r.tangled {
-            let found = Tangled {
-                run,
-                room: room.clone(),
-                groups: set.clone(),
-            };
-            TANGLED.with(|t| *t.borrow_mut() = Some(found));
-        }
-        drop(store);
-        progress::save(client, &room, &r.progress)?;
-        Ok(r)
+        owner.run(|| {
+            compress_chunk_as_owner(client, &mut tables, &room, &progress, limits, &tangled, run)
+        })
     });
     let elapsed_ms = started.elapsed().as_millis() as i64;
     let mut step = Step {
@@ -424,6 +472,126 @@ pub fn run_chunk(client: &mut SpiClient<'_>, run: i64) -> Result<Step> {
         )?;
     }
     Ok(step)
+}
+
+/// The chunk's rewrite and the room's progress, as the state tables' owner.
+fn compress_chunk_as_owner(
+    client: &mut SpiClient<'_>,
+    tables: &mut StateTables,
+    room: &str,
+    progress: &Progress,
+    limits: ChunkLimits,
+    tangled: &Option<Rc<FxHashSet<GroupId>>>,
+    run: i64,
+) -> Result<ChunkResult> {
+    let mut store = SpiStore::new(client, tables, true).map_err(spi)?;
+    let r = incremental::compress_chunk(&mut store, room, progress, limits, tangled.clone())?;
+    if let Some(set) = &r.tangled {
+        let found = Tangled {
+            run,
+            room: room.to_string(),
+            groups: set.clone(),
+        };
+        TANGLED.with(|t| *t.borrow_mut() = Some(found));
+    }
+    drop(store);
+    progress::save(client, tables, room, &r.progress)?;
+    Ok(r)
+}
+
+/// A room's state groups, counted as the tables' owner.
+pub fn room_state_groups(client: &SpiClient<'_>, room: &str) -> Result<i64> {
+    let tables = StateTables::resolve(client, Access::Read)?;
+    let sql = tables.sql("SELECT count(*) FROM @s.state_groups WHERE room_id = $1");
+    let n = tables
+        .owner()
+        .run(|| one::<i64>(client, &sql, &[room.into()]))?;
+    Ok(n.unwrap_or(0))
+}
+
+/// Every room's `last_compressed` and saved levels (`length/size`, finest first).
+pub fn room_progress(client: &SpiClient<'_>) -> Result<Vec<(String, i64, Option<String>)>> {
+    let tables = StateTables::resolve(client, Access::Read)?;
+    if !tables.has_tool_tables() {
+        return Ok(Vec::new());
+    }
+    let sql = tables.sql(
+        "SELECT p.room_id, p.last_compressed, \
+                (SELECT string_agg(s.current_length || '/' || s.max_size, ',' ORDER BY s.level_num) \
+                 FROM @s.state_compressor_state s WHERE s.room_id = p.room_id) \
+         FROM @s.state_compressor_progress p",
+    );
+    tables.owner().run(|| {
+        let table = client.select(&sql, None, &[]).map_err(spi)?;
+        let mut rows = Vec::new();
+        for row in table {
+            let room: Option<String> = row.get(1).map_err(spi)?;
+            let last: Option<i64> = row.get(2).map_err(spi)?;
+            let levels: Option<String> = row.get(3).map_err(spi)?;
+            if let (Some(room), Some(last)) = (room, last) {
+                rows.push((room, last, levels));
+            }
+        }
+        free_result();
+        Ok(rows)
+    })
+}
+
+/// Forget a room's saved levels, progress and errors; the next run starts it over
+/// from its first group with fresh levels. Waits for a chunk of the room in progress.
+pub fn reset_room(client: &mut SpiClient<'_>, room: &str) -> Result<()> {
+    let tables = StateTables::resolve(client, Access::Write)?;
+    exec(
+        client,
+        "SELECT pg_advisory_xact_lock(hashtext('synapse_compress'), hashtext($1))",
+        &[room.into()],
+    )?;
+    let (groups, rows, had_progress) = tables.owner().run(|| -> Result<_> {
+        let groups = one::<i64>(
+            client,
+            &tables.sql("SELECT count(*) FROM @s.state_groups WHERE room_id = $1"),
+            &[room.into()],
+        )?;
+        let rows = one::<i64>(
+            client,
+            &tables.sql("SELECT count(*) FROM @s.state_groups_state WHERE room_id = $1"),
+            &[room.into()],
+        )?;
+        let mut had_progress = false;
+        if tables.has_tool_tables() {
+            had_progress = one::<bool>(
+                client,
+                &tables.sql(
+                    "SELECT EXISTS (SELECT 1 FROM @s.state_compressor_progress WHERE room_id = $1)",
+                ),
+                &[room.into()],
+            )? == Some(true);
+            for sql in [
+                "DELETE FROM @s.state_compressor_state WHERE room_id = $1",
+                "DELETE FROM @s.state_compressor_progress WHERE room_id = $1",
+            ] {
+                exec(client, &tables.sql(sql), &[room.into()])?;
+            }
+        }
+        Ok((groups.unwrap_or(0), rows.unwrap_or(0), had_progress))
+    })?;
+    let queued = one::<bool>(
+        client,
+        "SELECT EXISTS (SELECT 1 FROM synapse_compress.room_queue WHERE room_id = $1)",
+        &[room.into()],
+    )?;
+    if groups == 0 && !had_progress && queued != Some(true) {
+        return Err(Error::UnknownRoom(room.to_string()));
+    }
+    exec(
+        client,
+        "INSERT INTO synapse_compress.room_queue AS q (room_id, pending_groups, pending_rows) \
+         VALUES ($1, $2, $3) \
+         ON CONFLICT ON CONSTRAINT room_queue_pkey DO UPDATE \
+             SET pending_groups = excluded.pending_groups, pending_rows = excluded.pending_rows, \
+                 last_error = NULL, last_error_at = NULL, error_count = 0, next_retry = NULL",
+        &[room.into(), groups.into(), rows.into()],
+    )
 }
 
 /// With `synapse_compress.target_chunk_time` set, move the chunk size halfway towards

@@ -17,10 +17,13 @@ use synapse_compress_core::hash::{FxHashMap, FxHashSet};
 use synapse_compress_core::store::{Chain, Chunk, Rewrite, RoomExtent, Store};
 use synapse_compress_core::{Error, GroupId, RawGroup, Result, StateRow};
 
+use crate::owner::StateTables;
 use crate::subxact::SubTransaction;
 
 pub struct SpiStore<'a, 'conn> {
     client: &'a mut SpiClient<'conn>,
+    /// Where Synapse's tables are; every statement names them through it (`@s.`).
+    tables: StateTables,
     /// Lock what is read (off for dry runs, which must not block Synapse).
     lock: bool,
     /// Synapse >= 1.124 tables; absent on older schemas.
@@ -45,30 +48,26 @@ pub fn free_result() {
 }
 
 const LOAD_EDGES: &str =
-    "SELECT state_group, prev_state_group FROM state_group_edges WHERE state_group = ANY($1)";
+    "SELECT state_group, prev_state_group FROM @s.state_group_edges WHERE state_group = ANY($1)";
 const LOAD_ROWS: &str = "SELECT state_group, type, state_key, event_id \
-     FROM state_groups_state WHERE state_group = ANY($1)";
-const LOAD_ROOMS: &str = "SELECT id, room_id FROM state_groups WHERE id = ANY($1)";
+     FROM @s.state_groups_state WHERE state_group = ANY($1)";
+const LOAD_ROOMS: &str = "SELECT id, room_id FROM @s.state_groups WHERE id = ANY($1)";
 const LOAD_FROZEN: &str =
-    "SELECT state_group FROM state_groups_pending_deletion WHERE state_group = ANY($1) \
-     UNION SELECT state_group FROM state_groups_persisting WHERE state_group = ANY($1)";
+    "SELECT state_group FROM @s.state_groups_pending_deletion WHERE state_group = ANY($1) \
+     UNION SELECT state_group FROM @s.state_groups_persisting WHERE state_group = ANY($1)";
 
 impl<'a, 'conn> SpiStore<'a, 'conn> {
-    pub fn new(client: &'a mut SpiClient<'conn>, lock: bool) -> SpiResult<Self> {
-        let has_deletion_tables = client
-            .select(
-                "SELECT to_regclass('state_groups_pending_deletion') IS NOT NULL \
-                    AND to_regclass('state_groups_persisting') IS NOT NULL",
-                None,
-                &[],
-            )?
-            .first()
-            .get_one::<bool>()?
-            .unwrap_or(false);
-        free_result();
+    /// A store over `tables`; call it as their owner (`Owner::run`).
+    pub fn new(
+        client: &'a mut SpiClient<'conn>,
+        tables: &StateTables,
+        lock: bool,
+    ) -> SpiResult<Self> {
+        let has_deletion_tables = tables.has_deletion_tables();
         let scratch = PgMemoryContexts::new("synapse_compress arguments");
         Ok(SpiStore {
             client,
+            tables: tables.clone(),
             lock,
             has_deletion_tables,
             scan: None,
@@ -98,7 +97,10 @@ impl<'a, 'conn> SpiStore<'a, 'conn> {
         args: &[DatumWithOid],
         mut f: impl FnMut(&SpiHeapTupleData) -> Result<T>,
     ) -> Result<Vec<T>> {
-        let table = self.client.select(sql, None, args).map_err(spi)?;
+        let table = self
+            .client
+            .select(&self.tables.sql(sql), None, args)
+            .map_err(spi)?;
         let out = table.map(|row| f(&row)).collect();
         free_result();
         out
@@ -106,7 +108,8 @@ impl<'a, 'conn> SpiStore<'a, 'conn> {
 
     /// Run a statement that writes or locks; its result is freed.
     fn update(&mut self, sql: &str, args: &[DatumWithOid]) -> Result<()> {
-        self.client.update(sql, None, args).map_err(spi)?;
+        let sql = self.tables.sql(sql);
+        self.client.update(&sql, None, args).map_err(spi)?;
         free_result();
         Ok(())
     }
@@ -203,13 +206,14 @@ impl<'a, 'conn> SpiStore<'a, 'conn> {
             let sql = if self.lock {
                 // NO KEY UPDATE: serialises with Synapse's deletion (FOR UPDATE) but
                 // lets it keep creating children (FOR KEY SHARE) of these groups.
-                "SELECT id FROM state_groups WHERE room_id = $1 AND id > $2 AND id <= $3 \
+                "SELECT id FROM @s.state_groups WHERE room_id = $1 AND id > $2 AND id <= $3 \
                  ORDER BY id FOR NO KEY UPDATE"
             } else {
-                "SELECT id FROM state_groups WHERE room_id = $1 AND id > $2 AND id <= $3 ORDER BY id"
+                "SELECT id FROM @s.state_groups WHERE room_id = $1 AND id > $2 AND id <= $3 ORDER BY id"
             };
             let args: [DatumWithOid; 3] = [room.into(), after.into(), upto.into()];
-            let cursor = self.client.try_open_cursor_mut(sql, &args).map_err(spi)?;
+            let sql = self.tables.sql(sql);
+            let cursor = self.client.try_open_cursor_mut(&sql, &args).map_err(spi)?;
             self.scan = Some((cursor, after));
         }
         let (cursor, at) = self.scan.as_mut().expect("scan is open");
@@ -229,18 +233,21 @@ impl Store for SpiStore<'_, '_> {
     fn room_extent(&mut self, room: &str) -> Result<RoomExtent> {
         self.scratch(|s| {
             let max = s.one::<i64>(
-                "SELECT max(id) FROM state_groups WHERE room_id = $1",
+                "SELECT max(id) FROM @s.state_groups WHERE room_id = $1",
                 &[room.into()],
             )?;
             if let Some(max_id) = max {
                 return Ok(RoomExtent::Groups { max_id });
             }
             // `rooms` lives in the main store, which may be another database.
-            let known = s.one::<bool>(
-                "SELECT CASE WHEN to_regclass('rooms') IS NULL THEN false \
-                 ELSE EXISTS (SELECT 1 FROM rooms WHERE room_id = $1) END",
-                &[room.into()],
-            )?;
+            let known = if s.tables.has_rooms_table() {
+                s.one::<bool>(
+                    "SELECT EXISTS (SELECT 1 FROM @s.rooms WHERE room_id = $1)",
+                    &[room.into()],
+                )?
+            } else {
+                None
+            };
             Ok(if known == Some(true) {
                 RoomExtent::NoGroups
             } else {
@@ -252,7 +259,7 @@ impl Store for SpiStore<'_, '_> {
     fn count_groups(&mut self, room: &str, after: GroupId, upto: GroupId) -> Result<u64> {
         self.scratch(|s| {
             let n = s.one::<i64>(
-                "SELECT count(*) FROM state_groups WHERE room_id = $1 AND id > $2 AND id <= $3",
+                "SELECT count(*) FROM @s.state_groups WHERE room_id = $1 AND id > $2 AND id <= $3",
                 &[room.into(), after.into(), upto.into()],
             )?;
             Ok(n.unwrap_or(0) as u64)
@@ -275,8 +282,8 @@ impl Store for SpiStore<'_, '_> {
                 // nothing we plan from can change, and a deletion that committed first
                 // is seen by the reads below.
                 s.update(
-                    "SELECT 1 FROM state_groups WHERE id IN \
-                       (SELECT prev_state_group FROM state_group_edges WHERE state_group = ANY($1)) \
+                    "SELECT 1 FROM @s.state_groups WHERE id IN \
+                       (SELECT prev_state_group FROM @s.state_group_edges WHERE state_group = ANY($1)) \
                      FOR KEY SHARE",
                     &[ids.clone().into()],
                 )?;
@@ -298,7 +305,7 @@ impl Store for SpiStore<'_, '_> {
                      SELECT $1::bigint, 0 \
                    UNION ALL \
                      SELECT e.prev_state_group, c.hops + 1 \
-                     FROM state_group_edges e JOIN chain c ON e.state_group = c.state_group \
+                     FROM @s.state_group_edges e JOIN chain c ON e.state_group = c.state_group \
                      WHERE c.hops < $2 \
                  ) SELECT DISTINCT state_group FROM (SELECT state_group FROM chain LIMIT $3) s",
                 &[
@@ -336,21 +343,21 @@ impl Store for SpiStore<'_, '_> {
         self.scratch(|s| {
             Ok(s.ids(
                 "WITH RECURSIVE malformed AS ( \
-                     SELECT g.id FROM state_groups g \
-                     JOIN state_group_edges e ON e.state_group = g.id \
+                     SELECT g.id FROM @s.state_groups g \
+                     JOIN @s.state_group_edges e ON e.state_group = g.id \
                      WHERE g.room_id = $1 \
                      GROUP BY g.id \
                      HAVING count(*) > 1 OR max(e.prev_state_group) >= g.id \
                    UNION \
-                     SELECT e.state_group FROM state_groups g \
-                     JOIN state_group_edges e ON e.prev_state_group = g.id \
-                     LEFT JOIN state_groups c ON c.id = e.state_group \
+                     SELECT e.state_group FROM @s.state_groups g \
+                     JOIN @s.state_group_edges e ON e.prev_state_group = g.id \
+                     LEFT JOIN @s.state_groups c ON c.id = e.state_group \
                      WHERE g.room_id = $1 AND c.room_id IS DISTINCT FROM $1 \
                  ), reached(id) AS ( \
-                     SELECT e.prev_state_group FROM state_group_edges e \
+                     SELECT e.prev_state_group FROM @s.state_group_edges e \
                      JOIN malformed m ON e.state_group = m.id \
                    UNION \
-                     SELECT e.prev_state_group FROM state_group_edges e \
+                     SELECT e.prev_state_group FROM @s.state_group_edges e \
                      JOIN reached r ON e.state_group = r.id \
                  ) SELECT id FROM reached",
                 &[room.into()],
@@ -391,10 +398,13 @@ impl Store for SpiStore<'_, '_> {
             // the chunk is abandoned.
             if s.lock && !prevs.is_empty() {
                 let want = prevs.len();
+                let sql = s.tables.sql(
+                    "UPDATE @s.state_groups SET event_id = event_id WHERE id = ANY($1) RETURNING id",
+                );
                 let table = s
                     .client
                     .update(
-                        "UPDATE state_groups SET event_id = event_id WHERE id = ANY($1) RETURNING id",
+                        &sql,
                         None,
                         &[prevs.clone().into()],
                     )
@@ -408,18 +418,18 @@ impl Store for SpiStore<'_, '_> {
                     });
                 }
             }
-            s.update("DELETE FROM state_group_edges WHERE state_group = ANY($1)", &[ids.clone().into()])?;
+            s.update("DELETE FROM @s.state_group_edges WHERE state_group = ANY($1)", &[ids.clone().into()])?;
             if !edge_from.is_empty() {
                 s.update(
-                    "INSERT INTO state_group_edges (state_group, prev_state_group) \
+                    "INSERT INTO @s.state_group_edges (state_group, prev_state_group) \
                      SELECT * FROM unnest($1::bigint[], $2::bigint[])",
                     &[edge_from.into(), edge_to.into()],
                 )?;
             }
-            s.update("DELETE FROM state_groups_state WHERE state_group = ANY($1)", &[ids.into()])?;
+            s.update("DELETE FROM @s.state_groups_state WHERE state_group = ANY($1)", &[ids.into()])?;
             if !g.is_empty() {
                 s.update(
-                    "INSERT INTO state_groups_state (state_group, room_id, type, state_key, event_id) \
+                    "INSERT INTO @s.state_groups_state (state_group, room_id, type, state_key, event_id) \
                      SELECT u.g, $2, u.t, u.k, u.e \
                      FROM unnest($1::bigint[], $3::text[], $4::text[], $5::text[]) AS u(g, t, k, e)",
                     &[g.into(), room.into(), t.into(), k.into(), e.into()],

@@ -157,6 +157,10 @@ pub extern "C-unwind" fn synapse_compress_worker_main(_arg: pg_sys::Datum) {
     let db = gucs::text(&gucs::DATABASE);
     let role = gucs::text(&gucs::ROLE);
     BackgroundWorker::connect_worker_to_spi(Some(&db), (!role.is_empty()).then_some(role.as_str()));
+    // The database's default search_path is its owner's (often Synapse's role) to set:
+    // pin ours for the whole session before running any query.
+    BackgroundWorker::transaction(|| Spi::run("SET search_path = pg_catalog, pg_temp"))
+        .unwrap_or_else(|e| panic!("synapse_compress worker: cannot set search_path: {e}"));
     log!("synapse_compress worker started on database {db:?}");
 
     let mut signals = Signals { stop: false };

@@ -20,6 +20,12 @@ pub enum Error {
     Concurrent { group: GroupId, reason: String },
     /// The storage layer failed (message from the database).
     Store(String),
+    /// Synapse's state tables are not in the configured schema.
+    NoStateTables { schema: String, table: &'static str },
+    /// The tables cannot be rewritten without running someone's code with more
+    /// rights than theirs (mixed owners, a view in a table's place, a caller without
+    /// the privileges itself).
+    Unsafe { reason: String, hint: String },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -44,6 +50,10 @@ impl fmt::Display for Error {
                 )
             }
             Error::Store(msg) => write!(f, "storage error: {msg}"),
+            Error::NoStateTables { schema, table } => {
+                write!(f, "no table {table} in schema {schema:?}")
+            }
+            Error::Unsafe { reason, .. } => write!(f, "refusing to compress: {reason}"),
         }
     }
 }
