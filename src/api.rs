@@ -86,6 +86,14 @@ fn compress_room(
             notice!("compress_room {room}: nothing written, {saved} rows saved is below min_saved_rows {minimum}")
         }
     }
+    // SAFETY: reading transaction state on the backend's thread.
+    if !dry_run && unsafe { pg_sys::IsTransactionBlock() } {
+        notice!(
+            "compress_room {room}: its {} state groups read stay locked until this transaction ends; \
+             commit soon: Synapse's deletion of them waits until then",
+            summary.state_groups
+        );
+    }
     let s = summary;
     TableIterator::once((
         s.room_id,

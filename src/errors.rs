@@ -106,11 +106,27 @@ fn reraise(r: &ErrorReportWithLevel) -> ! {
     if let Some(detail) = r.detail() {
         e = e.set_detail(detail);
     }
-    if let Some(hint) = r.hint() {
+    if let Some(hint) = r.hint().or_else(|| retry_hint(r.sql_error_code())) {
         e = e.set_hint(hint);
     }
     e.report(PgLogLevel::ERROR);
     unreachable!("ERROR does not return")
+}
+
+/// What to do about the errors a rewrite beside a live Synapse can meet.
+fn retry_hint(code: PgSqlErrorCode) -> Option<&'static str> {
+    match code {
+        PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE => Some(
+            "Synapse held a lock on the room's state groups longer than synapse_compress.lock_timeout; \
+             nothing was written. Retry later, or raise the setting.",
+        ),
+        PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE
+        | PgSqlErrorCode::ERRCODE_T_R_DEADLOCK_DETECTED => Some(
+            "Synapse changed the room's state groups meanwhile; nothing of this transaction was \
+             kept. Retry it.",
+        ),
+        _ => None,
+    }
 }
 
 /// Reject a NULL argument the way PostgreSQL's own functions do.

@@ -9,6 +9,7 @@
 
 use std::panic::AssertUnwindSafe;
 
+use pgrx::pg_sys;
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::{PgSqlErrorCode, PgTryBuilder};
 use synapse_compress_core::Error;
@@ -68,7 +69,10 @@ pub fn contained<T>(mut body: impl FnMut() -> Result<T, Error>) -> Result<T, Fai
                         | PgSqlErrorCode::ERRCODE_T_R_DEADLOCK_DETECTED
                         | PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE
                 );
-                if transient && attempt < MAX_ATTEMPTS {
+                // At REPEATABLE READ (a database's default_transaction_isolation) a
+                // retry in this transaction would see the same snapshot and fail the
+                // same way: leave it to the next chunk's transaction.
+                if transient && attempt < MAX_ATTEMPTS && !snapshot_per_transaction() {
                     continue;
                 }
                 return Err(Failure {
@@ -79,6 +83,12 @@ pub fn contained<T>(mut body: impl FnMut() -> Result<T, Error>) -> Result<T, Fai
             }
         }
     }
+}
+
+/// Whether this transaction keeps one snapshot (REPEATABLE READ or SERIALIZABLE).
+fn snapshot_per_transaction() -> bool {
+    // SAFETY: reading a backend global on the backend's thread.
+    unsafe { pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 }
 }
 
 /// Classes 53 (insufficient resources), 57 (operator intervention: cancel, timeout,

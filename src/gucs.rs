@@ -27,6 +27,8 @@ pub static MIN_SAVED_ROWS: GucSetting<i32> = GucSetting::<i32>::new(1);
 pub static CHUNK_PAUSE: GucSetting<i32> = GucSetting::<i32>::new(100);
 pub static TARGET_CHUNK_TIME: GucSetting<i32> = GucSetting::<i32>::new(0);
 pub static HISTORY_DAYS: GucSetting<i32> = GucSetting::<i32>::new(30);
+/// Longest wait for a row lock on Synapse's tables before a chunk gives up (ms).
+pub static LOCK_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(1000);
 
 /// Most scheduled workers; each takes its own room, so more than the cores is waste.
 pub const MAX_WORKERS: i32 = 8;
@@ -112,6 +114,16 @@ pub fn init(preloading: bool) {
         i32::MAX,
         GucContext::Userset,
         GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"synapse_compress.lock_timeout",
+        c"Longest wait for a lock on Synapse's tables; then the chunk is given up and retried later (0: PostgreSQL's lock_timeout).",
+        c"Holding locks while waiting for others would make Synapse's own transactions queue behind the compressor.",
+        &LOCK_TIMEOUT,
+        0,
+        600_000,
+        GucContext::Userset,
+        GucFlags::UNIT_MS,
     );
     GucRegistry::define_int_guc(
         c"synapse_compress.chunk_pause",

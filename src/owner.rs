@@ -221,7 +221,8 @@ impl StateTables {
 pub struct Owner(pg_sys::Oid);
 
 impl Owner {
-    /// Run `f` as this role, security-restricted, with `search_path` pinned.
+    /// Run `f` as this role, security-restricted, with `search_path` pinned and
+    /// `lock_timeout` set to `synapse_compress.lock_timeout`.
     ///
     /// If `f` raises an ERROR, the (sub)transaction that catches it restores the
     /// identity and settings on abort, as it does for VACUUM's: nothing here must.
@@ -247,6 +248,20 @@ impl Owner {
                 0,
                 false,
             );
+            let wait = crate::gucs::LOCK_TIMEOUT.get();
+            if wait > 0 {
+                let value = std::ffi::CString::new(format!("{wait}ms")).expect("no NUL");
+                pg_sys::set_config_option(
+                    c"lock_timeout".as_ptr(),
+                    value.as_ptr(),
+                    pg_sys::GucContext::PGC_USERSET,
+                    pg_sys::GucSource::PGC_S_SESSION,
+                    pg_sys::GucAction::GUC_ACTION_SAVE,
+                    true,
+                    0,
+                    false,
+                );
+            }
             nest
         };
         let out = f();

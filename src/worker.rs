@@ -157,10 +157,14 @@ pub extern "C-unwind" fn synapse_compress_worker_main(_arg: pg_sys::Datum) {
     let db = gucs::text(&gucs::DATABASE);
     let role = gucs::text(&gucs::ROLE);
     BackgroundWorker::connect_worker_to_spi(Some(&db), (!role.is_empty()).then_some(role.as_str()));
-    // The database's default search_path is its owner's (often Synapse's role) to set:
-    // pin ours for the whole session before running any query.
-    BackgroundWorker::transaction(|| Spi::run("SET search_path = pg_catalog, pg_temp"))
-        .unwrap_or_else(|e| panic!("synapse_compress worker: cannot set search_path: {e}"));
+    // The database's defaults are its owner's (often Synapse's role) to set: pin the
+    // search_path before running any query, and the isolation the locking protocol
+    // is written for (a fresh snapshot per statement; a retried chunk sees new data).
+    BackgroundWorker::transaction(|| {
+        Spi::run("SET search_path = pg_catalog, pg_temp")?;
+        Spi::run("SET default_transaction_isolation = 'read committed'")
+    })
+    .unwrap_or_else(|e| panic!("synapse_compress worker: cannot set its session up: {e}"));
     log!("synapse_compress worker started on database {db:?}");
 
     let mut signals = Signals { stop: false };
