@@ -1,6 +1,6 @@
 # Entry points for developers and CI (.ci/run runs `make test`).
 # Everything installs what it needs first (`make setup`, idempotent and quick).
-.PHONY: setup fixture build install test test-unit test-pg test-e2e test-worker test-security test-stress test-synapse demo bench lint clean-clusters
+.PHONY: setup fixture build install test test-unit test-pg test-e2e test-worker test-security test-stress test-synapse demo bench lock-waits lint clean-clusters
 
 PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
 export PATH := $(HOME)/.cargo/bin:$(PATH)
@@ -69,6 +69,10 @@ demo: install build
 #   make bench BENCH_ARGS='--scale 0.05 --only headline,forks --no-tool'
 bench: install build
 	bash scripts/bench.sh $(BENCH_ARGS)
+
+# How long Synapse's writers wait on a running compress_database (p50/p99/max).
+lock-waits: install build
+	bash scripts/lock-waits.sh $(SCALE)
 
 clean-clusters:
 	for c in e2e demo worker stress bench synapse-e2e; do \
