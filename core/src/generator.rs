@@ -24,9 +24,6 @@
 //! [`generate`] streams: only each room's live branch states sit in memory, never the
 //! rows already written.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
-
 use crate::model::{GroupId, RawGroup, StateRow};
 use crate::rng::{mix64, Rng, GOLDEN};
 
@@ -538,29 +535,10 @@ fn event_id(seed: u64, n: u64) -> String {
     s
 }
 
-/// A deterministic hasher for the generator's integer keys (std's default hasher is
-/// randomly seeded; iteration order must not depend on it, and it is slow).
-#[derive(Default, Clone, Copy)]
-struct IntHasher(u64);
-
-impl Hasher for IntHasher {
-    fn finish(&self) -> u64 {
-        mix64(self.0)
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(GOLDEN);
-        }
-    }
-    fn write_u32(&mut self, n: u32) {
-        self.write_u64(u64::from(n));
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(32) ^ n).wrapping_mul(GOLDEN);
-    }
-}
-
-type IntMap<K, V> = HashMap<K, V, BuildHasherDefault<IntHasher>>;
+/// The generator's integer-keyed maps: FxHash is deterministic (std's default hasher is
+/// randomly seeded, and slow); the generator sorts whatever it iterates, so its output
+/// does not depend on iteration order either way.
+type IntMap<K, V> = rustc_hash::FxHashMap<K, V>;
 
 /// (type, state_key) as two indices into the room's string table, packed.
 type Key = u64;

@@ -8,7 +8,12 @@
 pub mod engine;
 pub mod error;
 pub mod generator;
-pub mod hash;
+/// The hash maps the core uses: rustc-hash's FxHash. std's SipHash guards against hash
+/// flooding, which matters for untrusted network input but costs a lot here, where maps
+/// are keyed by interned ids and state strings of a bounded chunk.
+pub mod hash {
+    pub use rustc_hash::{FxHashMap, FxHashSet};
+}
 pub mod incremental;
 pub mod levels;
 pub mod memstore;
