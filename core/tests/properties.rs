@@ -8,10 +8,10 @@ mod common;
 use common::*;
 
 use synapse_compress_core::engine;
-use synapse_compress_core::generator::{self, GenSpec};
-use synapse_compress_core::memstore::MemStore;
-use synapse_compress_core::rng::Rng;
 use synapse_compress_core::{GroupId, LevelSpec, StateRow};
+use synapse_compress_testkit::generator::{self, GenSpec};
+use synapse_compress_testkit::memstore::MemStore;
+use synapse_compress_testkit::rng::Rng;
 
 const LEVELS: &[&str] = &[
     "100,50,25",

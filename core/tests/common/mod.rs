@@ -4,8 +4,8 @@
 use std::collections::BTreeSet;
 
 use synapse_compress_core::engine::{self, Options, Summary};
-use synapse_compress_core::memstore::{MemStore, Resolution};
 use synapse_compress_core::{GroupId, LevelSpec, RawGroup, StateRow};
+use synapse_compress_testkit::memstore::{MemStore, Resolution};
 
 pub fn row(t: &str, k: &str, e: &str) -> StateRow {
     StateRow::new(t, k, e)

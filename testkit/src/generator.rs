@@ -24,8 +24,8 @@
 //! [`generate`] streams: only each room's live branch states sit in memory, never the
 //! rows already written.
 
-use crate::model::{GroupId, RawGroup, StateRow};
 use crate::rng::{mix64, Rng, GOLDEN};
+use synapse_compress_core::{GroupId, RawGroup, StateRow};
 
 /// Synapse's `MAX_STATE_DELTA_HOPS`: a new group is a delta only while its
 /// predecessor's chain is shorter than this.
