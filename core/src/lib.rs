@@ -17,6 +17,7 @@ pub mod incremental;
 pub mod levels;
 pub mod model;
 pub mod planner;
+pub mod schedule;
 pub mod state;
 pub mod store;
 pub mod verify;
