@@ -1,6 +1,6 @@
 # Entry points for developers and CI (.ci/run runs `make test`).
 # Everything installs what it needs first (`make setup`, idempotent and quick).
-.PHONY: setup fixture generator build install test test-unit test-pg test-e2e test-worker test-stress test-synapse demo bench lint clean-clusters
+.PHONY: setup fixture generator build install test test-unit test-pg test-e2e test-worker test-stress test-synapse demo bench bench-core lint clean-clusters
 
 PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
 export PATH := $(HOME)/.cargo/bin:$(PATH)
@@ -66,6 +66,11 @@ demo: install build
 #   make bench BENCH_ARGS='--scale 0.05 --only headline,forks --no-tool'
 bench: install build
 	bash scripts/bench.sh $(BENCH_ARGS)
+
+# The planner alone on generated rooms (criterion, no PostgreSQL); ~1 minute.
+#   make bench-core BENCH_CORE_ARGS='--quick'
+bench-core:
+	cargo bench -p synapse_compress_core --bench plan_chunk -- $(BENCH_CORE_ARGS)
 
 clean-clusters:
 	for c in e2e demo worker stress bench synapse-e2e; do \
