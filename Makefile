@@ -1,6 +1,6 @@
 # Entry points for developers and CI (.ci/run runs `make test`).
 # Everything installs what it needs first (`make setup`, idempotent and quick).
-.PHONY: setup fixture build install test test-unit test-pg test-e2e test-worker test-security test-stress test-synapse demo bench lock-waits lint clean-clusters
+.PHONY: setup fixture generator build install test test-unit test-pg test-e2e test-worker test-security test-stress test-synapse demo bench bench-core lock-waits lint clean-clusters
 
 PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
 export PATH := $(HOME)/.cargo/bin:$(PATH)
@@ -13,8 +13,10 @@ setup:
 fixture:
 	bash scripts/setup.sh fixture
 
-build: setup
-	cargo build --release -p synapse_compress_core --bins
+# The test-data generator target/release/synapse-compress-gen (testkit crate); the
+# extension itself is built by `install`. `build` is its old name, kept as an alias.
+generator build: setup
+	cargo build --release -p synapse_compress_testkit --bins
 
 # Install the extension into the PostgreSQL that $(PG_CONFIG) belongs to.
 install: setup
@@ -29,7 +31,7 @@ lint:
 	cargo clippy --workspace --all-targets -- -D warnings
 
 test-unit:
-	cargo test -p synapse_compress_core
+	cargo test -p synapse_compress_core -p synapse_compress_testkit
 
 # pgrx's own test cluster; initdb refuses root, so it runs as postgres when root.
 test-pg:
@@ -73,6 +75,11 @@ bench: install build
 # How long Synapse's writers wait on a running compress_database (p50/p99/max).
 lock-waits: install build
 	bash scripts/lock-waits.sh $(SCALE)
+
+# The planner alone on generated rooms (criterion, no PostgreSQL); ~1 minute.
+#   make bench-core BENCH_CORE_ARGS='--quick'
+bench-core:
+	cargo bench -p synapse_compress_core --bench plan_chunk -- $(BENCH_CORE_ARGS)
 
 clean-clusters:
 	for c in e2e demo worker stress bench synapse-e2e; do \

@@ -19,7 +19,7 @@ if ! "$VENV/bin/python" -c 'import synapse_auto_compressor, psycopg2' 2>/dev/nul
         'synapse_auto_compressor==0.1.2' 'psycopg2-binary==2.9.*' </dev/null
     "$VENV/bin/python" -c 'import synapse_auto_compressor, psycopg2'
 fi
-[ -x target/release/synapse-compress-gen ] || cargo build --release -p synapse_compress_core --bins
+[ -x target/release/synapse-compress-gen ] || cargo build --release -p synapse_compress_testkit --bins
 
 mkdir -p /tmp/synapse_compress && chmod a+rx /tmp/synapse_compress
 # Autovacuum off and explicit VACUUM ANALYZE + CHECKPOINT before each timed run, so

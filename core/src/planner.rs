@@ -140,7 +140,7 @@ pub fn plan_chunk(
             // Another base may not make the group deeper than the levels would.
             let budget = levels.depth_budget().max(level_depth);
             let mut best_cost = match &level {
-                Some((_, n)) => delta_len(state, &n.state),
+                Some((_, n)) => state.delta_len(&n.state),
                 None => state.len(),
             };
             let mut best = level;
@@ -165,7 +165,7 @@ pub fn plan_chunk(
                         break;
                     }
                     if still == 0 && n.state.keys_subset_of(state) {
-                        let cost = delta_len(state, &n.state);
+                        let cost = state.delta_len(&n.state);
                         if cost < best_cost {
                             best_cost = cost;
                             best = Some((b, n));
@@ -214,20 +214,4 @@ pub fn plan_chunk(
         });
     }
     Ok(ChunkPlan { planned, nodes })
-}
-
-/// `state.delta_from(base).len()`, without building the delta.
-fn delta_len(state: &State, base: &State) -> usize {
-    let b = base.entries();
-    let mut j = 0;
-    let mut n = 0;
-    for &(k, e) in state.entries() {
-        while j < b.len() && b[j].0 < k {
-            j += 1;
-        }
-        if !(j < b.len() && b[j] == (k, e)) {
-            n += 1;
-        }
-    }
-    n
 }

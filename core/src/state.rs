@@ -188,6 +188,23 @@ impl State {
         State { entries: out }
     }
 
+    /// `self.delta_from(base).len()`, without building the delta (the planner prices
+    /// every candidate base with it).
+    pub fn delta_len(&self, base: &State) -> usize {
+        let b = &base.entries;
+        let mut j = 0;
+        let mut n = 0;
+        for &(k, e) in &self.entries {
+            while j < b.len() && b[j].0 < k {
+                j += 1;
+            }
+            if !(j < b.len() && b[j] == (k, e)) {
+                n += 1;
+            }
+        }
+        n
+    }
+
     pub fn rows(&self, dict: &Dictionary) -> Vec<StateRow> {
         self.entries.iter().map(|&(k, e)| dict.row(k, e)).collect()
     }

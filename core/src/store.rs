@@ -1,5 +1,5 @@
 //! What the engine needs from a database, as a trait: the extension implements it over
-//! SPI (`src/store.rs`), `memstore` in memory for tests.
+//! SPI (`src/store.rs`), `synapse_compress_testkit::memstore` in memory for tests.
 //!
 //! Every method reads or writes *stored* data as Synapse's own read query sees it;
 //! the engine never assumes more than this trait says.

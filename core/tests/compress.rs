@@ -4,8 +4,8 @@ mod common;
 use common::*;
 
 use synapse_compress_core::engine::{self, NotWritten};
-use synapse_compress_core::memstore::MemStore;
 use synapse_compress_core::{Error, GroupId};
+use synapse_compress_testkit::memstore::MemStore;
 
 #[test]
 fn linear_room_shrinks_and_keeps_state() {

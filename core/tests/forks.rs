@@ -15,12 +15,12 @@ use common::*;
 use std::rc::Rc;
 
 use synapse_compress_core::engine;
-use synapse_compress_core::generator::{self, GenSpec};
 use synapse_compress_core::hash::{FxHashMap, FxHashSet};
-use synapse_compress_core::memstore::MemStore;
 use synapse_compress_core::state::{Dictionary, State};
 use synapse_compress_core::store::{Chain, Chunk, Rewrite, RoomExtent};
 use synapse_compress_core::{GroupId, LevelSpec, Levels, RawGroup, Result, Run, Store};
+use synapse_compress_testkit::generator::{self, GenSpec};
+use synapse_compress_testkit::memstore::MemStore;
 
 const LEVELS: &str = "100,50,25";
 

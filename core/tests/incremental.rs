@@ -5,11 +5,11 @@
 mod common;
 use common::*;
 
-use synapse_compress_core::generator;
 use synapse_compress_core::incremental::{compress_chunk, ChunkLimits, ChunkOutcome, Progress};
-use synapse_compress_core::memstore::MemStore;
-use synapse_compress_core::rng::Rng;
 use synapse_compress_core::{GroupId, LevelSpec, Levels, RawGroup};
+use synapse_compress_testkit::generator;
+use synapse_compress_testkit::memstore::MemStore;
+use synapse_compress_testkit::rng::Rng;
 
 fn load(seed: u64) -> (MemStore, Vec<String>) {
     let mut s = MemStore::default();

@@ -1,17 +1,31 @@
 //! Property tests: many random Synapse-shaped databases (linear chains, forks, spam
-//! joins, backfilled roots, interleaved rooms), some corrupted the way real databases
+//! joins, backfilled roots, interleaved rooms), some damaged the way real databases
 //! are (purged predecessors, cycles, two predecessors, duplicates, pending deletion),
 //! compressed with random levels and chunk sizes. After every run every group must
 //! resolve exactly as before and every rewritten group must form a valid tree.
+//!
+//! The damage is a list of `Corruption`s applied to a generated database, so proptest
+//! shrinks a failure to the fewest, simplest corruptions (and the smallest seed, levels
+//! and chunk size) that still break it. Cases come from a fixed seed (see
+//! `common::proptest_config`); `PROPTEST_RNG_SEED` and `PROPTEST_CASES` explore more.
 
 mod common;
 use common::*;
 
+use std::cell::Cell;
+
+use proptest::prelude::*;
+use proptest::sample::Index;
+use proptest::test_runner::TestRunner;
 use synapse_compress_core::engine;
-use synapse_compress_core::generator::{self, GenSpec};
-use synapse_compress_core::memstore::MemStore;
-use synapse_compress_core::rng::Rng;
 use synapse_compress_core::{GroupId, LevelSpec, StateRow};
+use synapse_compress_testkit::generator::{self, GenSpec};
+use synapse_compress_testkit::memstore::MemStore;
+
+/// Cases per property (each a whole generated database, compressed room by room).
+const PROPERTY_CASES: u32 = 300;
+const MALFORMED_CASES: u32 = 150;
+const HEADS_CASES: u32 = 60;
 
 const LEVELS: &[&str] = &[
     "100,50,25",
@@ -41,90 +55,199 @@ fn load(spec: &GenSpec) -> (MemStore, Vec<String>) {
     (s, rooms)
 }
 
-/// Damage a database the ways admins report.
-fn corrupt(s: &mut MemStore, rng: &mut Rng) {
+/// One way admins report their databases damaged. Groups are picked by `Index` into
+/// the database's group ids (as generated, before any damage).
+#[derive(Clone, Debug)]
+enum Corruption {
+    /// Purged without de-delta: its children keep their edge to it.
+    Purge(Index),
+    /// Its edge replaced by one to another group (may be higher, or close a cycle).
+    Repoint(Index, Index),
+    /// A second predecessor.
+    ExtraEdge(Index, Index),
+    /// Its first row stored twice.
+    DuplicateRow(Index),
+    /// Its first row stored again, naming another event (an ambiguous state).
+    ConflictingRow(Index),
+    /// Its rows lost.
+    DropRows(Index),
+    /// Synapse is deleting it.
+    PendingDeletion(Index),
+    /// Synapse is persisting it.
+    Persisting(Index),
+}
+
+fn corruption() -> impl Strategy<Value = Corruption> {
+    use Corruption::*;
+    prop_oneof![
+        any::<Index>().prop_map(Purge),
+        (any::<Index>(), any::<Index>()).prop_map(|(a, b)| Repoint(a, b)),
+        (any::<Index>(), any::<Index>()).prop_map(|(a, b)| ExtraEdge(a, b)),
+        any::<Index>().prop_map(DuplicateRow),
+        any::<Index>().prop_map(ConflictingRow),
+        any::<Index>().prop_map(DropRows),
+        any::<Index>().prop_map(PendingDeletion),
+        any::<Index>().prop_map(Persisting),
+    ]
+}
+
+/// Edges Synapse never writes: a second predecessor, one with a higher id, cycles.
+fn malformed_edge() -> impl Strategy<Value = Corruption> {
+    use Corruption::*;
+    prop_oneof![
+        (any::<Index>(), any::<Index>()).prop_map(|(a, b)| Repoint(a, b)),
+        (any::<Index>(), any::<Index>()).prop_map(|(a, b)| ExtraEdge(a, b)),
+    ]
+}
+
+/// Groups Synapse is deleting or persisting.
+fn freeze() -> impl Strategy<Value = Corruption> {
+    use Corruption::*;
+    prop_oneof![
+        any::<Index>().prop_map(PendingDeletion),
+        any::<Index>().prop_map(Persisting),
+    ]
+}
+
+/// Damage a database (of at least 4 groups; smaller ones are left as they are).
+fn corrupt(s: &mut MemStore, damage: &[Corruption]) {
     let ids: Vec<GroupId> = s.tables.groups.keys().copied().collect();
     if ids.len() < 4 {
         return;
     }
-    for _ in 0..1 + rng.below(4) {
-        let id = ids[rng.index(ids.len())];
-        match rng.below(7) {
-            0 => {
-                // Purged without de-delta: children keep their edge to it.
-                s.tables.groups.remove(&id);
-                s.tables.rows.remove(&id);
-                s.tables.edges.remove(&id);
+    let at = |i: &Index| ids[i.index(ids.len())];
+    let t = &mut s.tables;
+    for c in damage {
+        match c {
+            Corruption::Purge(i) => {
+                let id = at(i);
+                t.groups.remove(&id);
+                t.rows.remove(&id);
+                t.edges.remove(&id);
             }
-            1 => {
-                let other = ids[rng.index(ids.len())];
-                s.tables.edges.insert(id, vec![other]); // may be higher, or a cycle
+            Corruption::Repoint(i, o) => {
+                t.edges.insert(at(i), vec![at(o)]);
             }
-            2 => {
-                let other = ids[rng.index(ids.len())];
-                s.tables.edges.entry(id).or_default().push(other);
-            }
-            3 => {
-                if let Some(rows) = s.tables.rows.get_mut(&id) {
-                    if let Some(r) = rows.first().cloned() {
-                        rows.push(r.clone());
-                        if rng.chance(0.5) {
-                            rows.push(StateRow {
-                                event_id: "$conflict".into(),
-                                ..r
-                            });
-                        }
-                    }
+            Corruption::ExtraEdge(i, o) => t.edges.entry(at(i)).or_default().push(at(o)),
+            Corruption::DuplicateRow(i) | Corruption::ConflictingRow(i) => {
+                let Some(rows) = t.rows.get_mut(&at(i)) else {
+                    continue;
+                };
+                let Some(r) = rows.first().cloned() else {
+                    continue;
+                };
+                rows.push(r.clone());
+                if matches!(c, Corruption::ConflictingRow(_)) {
+                    rows.push(StateRow {
+                        event_id: "$conflict".into(),
+                        ..r
+                    });
                 }
             }
-            4 => {
-                s.tables.rows.remove(&id);
+            Corruption::DropRows(i) => {
+                t.rows.remove(&at(i));
             }
-            5 => {
-                s.tables.pending_deletion.insert(id);
+            Corruption::PendingDeletion(i) => {
+                t.pending_deletion.insert(at(i));
             }
-            _ => {
-                s.tables.persisting.insert(id);
+            Corruption::Persisting(i) => {
+                t.persisting.insert(at(i));
             }
         }
     }
 }
 
+/// A generated database (by seed), its damage, and the levels and chunk size to
+/// compress it with.
+#[derive(Clone, Debug)]
+struct Case {
+    seed: u64,
+    damage: Vec<Corruption>,
+    levels: &'static str,
+    chunk: usize,
+}
+
+fn case(
+    seeds: std::ops::Range<u64>,
+    damage: impl Strategy<Value = Vec<Corruption>>,
+    chunks: &'static [usize],
+) -> impl Strategy<Value = Case> {
+    (
+        seeds,
+        damage,
+        prop::sample::select(LEVELS),
+        prop::sample::select(chunks),
+    )
+        .prop_map(|(seed, damage, levels, chunk)| Case {
+            seed,
+            damage,
+            levels,
+            chunk,
+        })
+}
+
+/// Run `cases` cases of `property`, which returns how many groups it changed, and
+/// check the runs changed more than `at_least` groups in all (else they prove little).
+fn check(
+    cases: u32,
+    strategy: impl Strategy<Value = Case>,
+    at_least: u64,
+    property: impl Fn(&Case) -> u64,
+) {
+    let changed = Cell::new(0);
+    TestRunner::new(proptest_config(cases))
+        .run(&strategy, |c| {
+            changed.set(changed.get() + property(&c));
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        changed.get() > at_least,
+        "the runs changed too little to prove anything: {}",
+        changed.get()
+    );
+}
+
+/// Compress every room of the case's database; return how many groups changed.
+fn compress_damaged(c: &Case) -> u64 {
+    let (mut s, rooms) = load(&generator::random(c.seed));
+    corrupt(&mut s, &c.damage);
+    let before = s.clone();
+    let mut changed = 0;
+    for room in &rooms {
+        let Ok(sum) =
+            engine::compress_room(&mut s, room, opts(c.levels, c.chunk), 0, &mut |_, _| {})
+        else {
+            // Only a room purged entirely by the corruption may be refused.
+            assert!(
+                !s.tables.groups.values().any(|r| r == room),
+                "room {room} refused"
+            );
+            continue;
+        };
+        assert!(
+            sum.rows_after <= sum.rows_before || !sum.written,
+            "room {room} grew"
+        );
+        changed += sum.groups_changed;
+    }
+    let max_hops = LevelSpec::parse(c.levels).unwrap().max_hops();
+    check_invariants(&before, &s, max_hops.max(before_max_depth(&before)));
+    changed
+}
+
 #[test]
 fn random_databases_keep_every_groups_state() {
-    let mut changed_total = 0;
-    for seed in 0..300u64 {
-        let mut rng = Rng::derive(seed, 7);
-        let (mut s, rooms) = load(&generator::random(seed));
-        if seed % 3 == 0 {
-            corrupt(&mut s, &mut rng);
-        }
-        let before = s.clone();
-        let levels = LEVELS[rng.index(LEVELS.len())];
-        let max_hops = LevelSpec::parse(levels).unwrap().max_hops();
-        let chunk = [1, 2, 13, 64, 500, 100_000][rng.index(6)];
-        for room in &rooms {
-            let Ok(sum) =
-                engine::compress_room(&mut s, room, opts(levels, chunk), 0, &mut |_, _| {})
-            else {
-                // Only a room purged entirely by the corruption may be refused.
-                assert!(
-                    !s.tables.groups.values().any(|r| r == room),
-                    "seed {seed}: room {room} refused"
-                );
-                continue;
-            };
-            assert!(
-                sum.rows_after <= sum.rows_before || !sum.written,
-                "seed {seed}: room grew"
-            );
-            changed_total += sum.groups_changed;
-        }
-        check_invariants(&before, &s, max_hops.max(before_max_depth(&before)));
-    }
-    assert!(
-        changed_total > 1000,
-        "the runs changed too little to prove anything: {changed_total}"
+    // A third of the cases undamaged, as real databases mostly are.
+    let damage = prop_oneof![
+        1 => Just(Vec::new()),
+        2 => prop::collection::vec(corruption(), 1..5),
+    ];
+    check(
+        PROPERTY_CASES,
+        case(0..1 << 32, damage, &[1, 2, 13, 64, 500, 100_000]),
+        1000,
+        compress_damaged,
     );
 }
 
@@ -133,36 +256,13 @@ fn random_databases_keep_every_groups_state() {
 /// none of those may be rewritten, and everything else must still keep its state.
 #[test]
 fn malformed_edges_do_not_change_any_groups_state() {
-    let mut rewritten = 0;
-    for seed in 3000..3150u64 {
-        let mut rng = Rng::derive(seed, 11);
-        let (mut s, rooms) = load(&generator::random(seed));
-        let ids: Vec<GroupId> = s.tables.groups.keys().copied().collect();
-        if ids.len() < 4 {
-            continue;
-        }
-        for _ in 0..1 + rng.below(3) {
-            let (id, other) = (ids[rng.index(ids.len())], ids[rng.index(ids.len())]);
-            if rng.chance(0.5) {
-                s.tables.edges.entry(id).or_default().push(other);
-            } else {
-                s.tables.edges.insert(id, vec![other]);
-            }
-        }
-        let before = s.clone();
-        let levels = LEVELS[rng.index(LEVELS.len())];
-        let chunk = [1, 13, 500][rng.index(3)];
-        for room in &rooms {
-            if let Ok(sum) =
-                engine::compress_room(&mut s, room, opts(levels, chunk), 0, &mut |_, _| {})
-            {
-                rewritten += sum.groups_changed;
-            }
-        }
-        let max_hops = LevelSpec::parse(levels).unwrap().max_hops();
-        check_invariants(&before, &s, max_hops.max(before_max_depth(&before)));
-    }
-    assert!(rewritten > 1000, "too little was rewritten: {rewritten}");
+    let damage = prop::collection::vec(malformed_edge(), 1..4);
+    check(
+        MALFORMED_CASES,
+        case(0..1 << 32, damage, &[1, 13, 500]),
+        1000,
+        compress_damaged,
+    );
 }
 
 /// Chains the data already had (untouched groups keep them).
@@ -218,50 +318,47 @@ fn levels_compatible_with_the_existing_tool_bound_chains() {
     }
 }
 
+/// The saved levels are trusted on resume only if the head of level i is at most
+/// sum over j >= i of (length_j - 1) hops deep; bases chosen off the level structure
+/// (a group's real branch) must keep that so. Groups Synapse is deleting or persisting
+/// are neither rewritten nor bases, so branches must be followed around them.
 #[test]
 fn level_heads_stay_within_the_depth_the_levels_give_them() {
-    // The saved levels are trusted on resume only if the head of level i is at most
-    // sum over j >= i of (length_j - 1) hops deep; bases chosen off the level
-    // structure (a group's real branch) must keep that so.
-    for seed in 3000..3060u64 {
-        let mut rng = Rng::derive(seed, 11);
-        let (mut s, rooms) = load(&generator::random(seed));
-        // Groups Synapse is deleting or persisting: neither rewritten nor bases, so
-        // branches must be followed around them.
-        let ids: Vec<GroupId> = s.tables.groups.keys().copied().collect();
-        for &id in &ids {
-            if rng.chance(0.03) {
-                s.tables.pending_deletion.insert(id);
-            } else if rng.chance(0.03) {
-                s.tables.persisting.insert(id);
-            }
-        }
-        let before = s.clone();
-        let levels = LEVELS[rng.index(LEVELS.len())];
-        let chunk = [1, 7, 64, 100_000][rng.index(4)];
-        for room in &rooms {
-            let Ok(mut run) = engine::Run::start(&mut s, room, opts(levels, chunk)) else {
-                continue;
-            };
-            while run.step(&mut s).expect("step").is_some() {
-                let ls = run.levels().levels();
-                for (i, l) in ls.iter().enumerate() {
-                    let Some(head) = l.head else { continue };
-                    let bound: u32 = ls[i..]
-                        .iter()
-                        .map(|l| l.current_length.saturating_sub(1))
-                        .sum();
-                    let depth = s.depth(head).expect("a head has a simple chain");
-                    assert!(
-                        depth <= bound,
-                        "seed {seed} levels {levels}: head {head} of level {} is {depth} \
-                         hops deep, more than {bound}",
-                        i + 1
-                    );
+    let damage = prop::collection::vec(freeze(), 0..24);
+    check(
+        HEADS_CASES,
+        case(0..1 << 32, damage, &[1, 7, 64, 100_000]),
+        100,
+        |c| {
+            let (mut s, rooms) = load(&generator::random(c.seed));
+            corrupt(&mut s, &c.damage);
+            let before = s.clone();
+            let mut changed = 0;
+            for room in &rooms {
+                let Ok(mut run) = engine::Run::start(&mut s, room, opts(c.levels, c.chunk)) else {
+                    continue;
+                };
+                while let Some(report) = run.step(&mut s).expect("step") {
+                    changed += report.changed;
+                    let ls = run.levels().levels();
+                    for (i, l) in ls.iter().enumerate() {
+                        let Some(head) = l.head else { continue };
+                        let bound: u32 = ls[i..]
+                            .iter()
+                            .map(|l| l.current_length.saturating_sub(1))
+                            .sum();
+                        let depth = s.depth(head).expect("a head has a simple chain");
+                        assert!(
+                            depth <= bound,
+                            "head {head} of level {} is {depth} hops deep, more than {bound}",
+                            i + 1
+                        );
+                    }
                 }
             }
-        }
-        let max_hops = LevelSpec::parse(levels).unwrap().max_hops();
-        check_invariants(&before, &s, max_hops.max(before_max_depth(&before)));
-    }
+            let max_hops = LevelSpec::parse(c.levels).unwrap().max_hops();
+            check_invariants(&before, &s, max_hops.max(before_max_depth(&before)));
+            changed
+        },
+    );
 }

@@ -37,7 +37,7 @@ done
 
 mkdir -p /tmp/synapse_compress "$LOGS"
 chmod a+rx /tmp/synapse_compress
-[ -x "$GEN" ] || cargo build --release -q -p synapse_compress_core --bins
+[ -x "$GEN" ] || cargo build --release -q -p synapse_compress_testkit --bins
 # shellcheck source=pgrx-tests/stress/common.sh
 source pgrx-tests/stress/common.sh
 # syncfs: crash recovery first syncs the data directory; file by file takes long here.

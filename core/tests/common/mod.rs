@@ -3,9 +3,11 @@
 
 use std::collections::BTreeSet;
 
+use proptest::test_runner::{Config, RngSeed};
+
 use synapse_compress_core::engine::{self, Options, Summary};
-use synapse_compress_core::memstore::{MemStore, Resolution};
 use synapse_compress_core::{GroupId, LevelSpec, RawGroup, StateRow};
+use synapse_compress_testkit::memstore::{MemStore, Resolution};
 
 pub fn row(t: &str, k: &str, e: &str) -> StateRow {
     StateRow::new(t, k, e)
@@ -151,4 +153,18 @@ pub fn max_depth(s: &MemStore) -> u32 {
         .filter_map(|&id| s.depth(id))
         .max()
         .unwrap_or(0)
+}
+
+/// Property tests run `cases` cases from a fixed seed, so a run is reproducible and CI
+/// sees the same cases every time; `PROPTEST_CASES` and `PROPTEST_RNG_SEED` override
+/// them to explore further (e.g. `PROPTEST_RNG_SEED=$RANDOM PROPTEST_CASES=2000`).
+pub fn proptest_config(cases: u32) -> Config {
+    let mut c = Config::default();
+    if std::env::var_os("PROPTEST_CASES").is_none() {
+        c.cases = cases;
+    }
+    if c.rng_seed == RngSeed::Random {
+        c.rng_seed = RngSeed::Fixed(0x5359_4e41_5053_4531);
+    }
+    c
 }

@@ -3,10 +3,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::error::Result;
-use crate::hash::FxHashSet;
-use crate::model::{GroupId, RawGroup, StateRow};
-use crate::store::{Chain, Chunk, Rewrite, RoomExtent, Store};
+use synapse_compress_core::hash::FxHashSet;
+use synapse_compress_core::store::{Chain, Chunk, Rewrite, RoomExtent, Store};
+use synapse_compress_core::{GroupId, RawGroup, Result, StateRow};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Tables {

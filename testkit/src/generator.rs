@@ -24,11 +24,8 @@
 //! [`generate`] streams: only each room's live branch states sit in memory, never the
 //! rows already written.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
-
-use crate::model::{GroupId, RawGroup, StateRow};
 use crate::rng::{mix64, Rng, GOLDEN};
+use synapse_compress_core::{GroupId, RawGroup, StateRow};
 
 /// Synapse's `MAX_STATE_DELTA_HOPS`: a new group is a delta only while its
 /// predecessor's chain is shorter than this.
@@ -538,29 +535,10 @@ fn event_id(seed: u64, n: u64) -> String {
     s
 }
 
-/// A deterministic hasher for the generator's integer keys (std's default hasher is
-/// randomly seeded; iteration order must not depend on it, and it is slow).
-#[derive(Default, Clone, Copy)]
-struct IntHasher(u64);
-
-impl Hasher for IntHasher {
-    fn finish(&self) -> u64 {
-        mix64(self.0)
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(GOLDEN);
-        }
-    }
-    fn write_u32(&mut self, n: u32) {
-        self.write_u64(u64::from(n));
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(32) ^ n).wrapping_mul(GOLDEN);
-    }
-}
-
-type IntMap<K, V> = HashMap<K, V, BuildHasherDefault<IntHasher>>;
+/// The generator's integer-keyed maps: FxHash is deterministic (std's default hasher is
+/// randomly seeded, and slow); the generator sorts whatever it iterates, so its output
+/// does not depend on iteration order either way.
+type IntMap<K, V> = rustc_hash::FxHashMap<K, V>;
 
 /// (type, state_key) as two indices into the room's string table, packed.
 type Key = u64;
@@ -2005,6 +1983,48 @@ mod tests {
         }
         let fields: Vec<String> = line.split('\t').map(copy_unescape).collect();
         assert_eq!(fields, hostile);
+    }
+
+    /// Text heavy in what COPY's text format treats specially.
+    fn copy_text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let special = prop::sample::select(vec![
+            '\\', '\t', '\n', '\r', '\u{8}', '\u{b}', '\u{c}', '\u{0}', '\u{7f}', 'N', '.', 'x',
+            '0', '7', 'b', 'n',
+        ]);
+        prop::collection::vec(prop_oneof![special, any::<char>()], 0..24)
+            .prop_map(|chars| chars.into_iter().collect())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            cases: 4000,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(0x434f_5059),
+            ..proptest::test_runner::Config::default()
+        })]
+
+        /// Any field escaped decodes back to itself, has no raw delimiter (tab, newline,
+        /// carriage return) and is never COPY's NULL (`\N`) or end marker (`\.`); a
+        /// line of escaped fields splits back into the fields.
+        #[test]
+        fn copy_escape_round_trips_any_text(
+            fields in proptest::collection::vec(copy_text(), 1..5)
+        ) {
+            let mut line = String::new();
+            for (i, f) in fields.iter().enumerate() {
+                let mut e = String::new();
+                copy_escape(f, &mut e);
+                proptest::prop_assert!(!e.contains(['\t', '\n', '\r']), "{:?}", e);
+                proptest::prop_assert!(e != "\\N" && e != "\\.", "{:?}", e);
+                proptest::prop_assert_eq!(&copy_unescape(&e), f);
+                if i > 0 {
+                    line.push('\t');
+                }
+                line.push_str(&e);
+            }
+            let back: Vec<String> = line.split('\t').map(copy_unescape).collect();
+            proptest::prop_assert_eq!(back, fields);
+        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! `synapse-compress-gen --preset NAME [--scale F] [--seed N] [--first-id N]`
 //!
-//! Writes Synapse-shaped state data (see `synapse_compress_core::generator`) to stdout
+//! Writes Synapse-shaped state data (see `synapse_compress_testkit::generator`) to stdout
 //! as SQL for psql: one COPY per table (`rooms`, `state_groups`, `state_group_edges`,
 //! `state_groups_state`, `event_to_state_groups`), then `setval` on
 //! `state_group_id_seq`. Load with
@@ -14,8 +14,8 @@ use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use synapse_compress_core::generator::{self, copy_escape, GeneratedGroup, PRESETS};
 use synapse_compress_core::GroupId;
+use synapse_compress_testkit::generator::{self, copy_escape, GeneratedGroup, PRESETS};
 
 const USAGE: &str =
     "usage: synapse-compress-gen --preset NAME [--scale F] [--seed N] [--first-id N]
