@@ -64,7 +64,7 @@ pub mod synapse_compress {
         let s = clean(|| Spi::connect_mut(|client| schedule::run_chunk(client, run)))
             .unwrap_or_else(|e| raise(e));
         TableIterator::once((
-            s.outcome.to_string(),
+            s.outcome.as_str().to_string(),
             s.room_id,
             s.groups,
             s.groups_changed,

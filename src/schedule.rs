@@ -14,9 +14,9 @@ use std::time::Instant;
 use pgrx::datum::DatumWithOid;
 use pgrx::spi::SpiClient;
 use pgrx::{pg_sys, FromDatum, IntoDatum};
-use synapse_compress_core::engine::MAX_CHUNK_SIZE;
 use synapse_compress_core::hash::FxHashSet;
 use synapse_compress_core::incremental::{self, ChunkLimits, ChunkOutcome, ChunkResult, Progress};
+use synapse_compress_core::schedule::{self as policy, Outcome, RunEnd};
 use synapse_compress_core::{Error, GroupId, LevelSpec, Result};
 
 use crate::owner::{Access, StateTables};
@@ -50,17 +50,30 @@ impl Source {
 }
 
 /// What one call of `run_chunk` did.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Step {
-    /// `written`, `not_saved` (undone: it would not have paid off), `room_done`,
-    /// `failed` (recorded on the room), or `no_work` (the run is over).
-    pub outcome: &'static str,
+    /// What the step did; `failed` is recorded on the room, `no_work` ends the run.
+    pub outcome: Outcome,
     pub room_id: Option<String>,
     pub groups: i64,
     pub groups_changed: i64,
     pub rows_before: i64,
     pub rows_after: i64,
     pub message: Option<String>,
+}
+
+impl Step {
+    fn new(outcome: Outcome, room_id: Option<String>) -> Step {
+        Step {
+            outcome,
+            room_id,
+            groups: 0,
+            groups_changed: 0,
+            rows_before: 0,
+            rows_after: 0,
+            message: None,
+        }
+    }
 }
 
 fn one<T: FromDatum + IntoDatum>(
@@ -211,12 +224,7 @@ pub fn end_run(
     outcome: &str,
     message: Option<&str>,
 ) -> Result<()> {
-    if !matches!(outcome, "done" | "budget" | "paused" | "stopped" | "failed") {
-        return Err(Error::InvalidArgument {
-            name: "outcome",
-            reason: format!("{outcome:?} is not one of done, budget, paused, stopped, failed"),
-        });
-    }
+    let outcome = RunEnd::parse(outcome)?.as_str();
     exec(
         client,
         "UPDATE synapse_compress.runs SET outcome = $2, finished_at = clock_timestamp(), message = $3, \
@@ -314,15 +322,12 @@ thread_local! {
     static TANGLED: RefCell<Option<Tangled>> = const { RefCell::new(None) };
 }
 
-/// Compress the next chunk of the run; `outcome == "no_work"` ends the run.
+/// Compress the next chunk of the run; `Outcome::NoWork` ends the run.
 pub fn run_chunk(client: &mut SpiClient<'_>, run: i64) -> Result<Step> {
     let row = load_run(client, run)?;
     let levels = default_levels()?;
     let Some(room) = pick_room(client, row.current_room.as_deref())? else {
-        return Ok(Step {
-            outcome: "no_work",
-            ..Step::default()
-        });
+        return Ok(Step::new(Outcome::NoWork, None));
     };
     let mut tables = StateTables::resolve(client, Access::Write)?;
     let owner = tables.owner();
@@ -334,7 +339,7 @@ pub fn run_chunk(client: &mut SpiClient<'_>, run: i64) -> Result<Step> {
         ));
     }
     let limits = ChunkLimits {
-        chunk_size: row.chunk_size.clamp(1, MAX_CHUNK_SIZE as i32) as usize,
+        chunk_size: policy::chunk_limit(row.chunk_size),
         upto: row.upto,
         min_saved_rows: gucs::MIN_SAVED_ROWS.get() as i64,
     };
@@ -349,10 +354,7 @@ pub fn run_chunk(client: &mut SpiClient<'_>, run: i64) -> Result<Step> {
         })
     });
     let elapsed_ms = started.elapsed().as_millis() as i64;
-    let mut step = Step {
-        room_id: Some(room.clone()),
-        ..Step::default()
-    };
+    let mut step = Step::new(Outcome::Failed, Some(room.clone()));
     let (mut saved, mut not_saved, mut errors, mut skipped, mut position) =
         (0, 0, 0, 0, progress.last_compressed);
     match result {
@@ -367,31 +369,27 @@ pub fn run_chunk(client: &mut SpiClient<'_>, run: i64) -> Result<Step> {
                     "saved levels did not match the stored tree and were restarted".to_string(),
                 );
             }
-            let (report, written) = match &r.outcome {
-                ChunkOutcome::Done => (None, false),
-                ChunkOutcome::Written(rep) => (Some(rep), true),
-                ChunkOutcome::NotSaved { report, saved } => {
-                    notes.push(format!("chunk undone: it would have saved {saved} rows"));
-                    (Some(report), false)
+            step.outcome = Outcome::of_chunk(&r.outcome);
+            let room_done = policy::room_done(&r.outcome, limits.chunk_size);
+            let written = step.outcome == Outcome::Written;
+            match &r.outcome {
+                ChunkOutcome::Done => {}
+                ChunkOutcome::Written(rep) | ChunkOutcome::NotSaved { report: rep, .. } => {
+                    step.groups = rep.groups as i64;
+                    step.rows_before = rep.rows_before as i64;
+                    skipped = rep.skipped.len() as i64;
+                    if written {
+                        step.groups_changed = rep.changed as i64;
+                        step.rows_after = rep.rows_after as i64;
+                        saved = step.rows_before - step.rows_after;
+                    } else {
+                        step.rows_after = step.rows_before;
+                        not_saved = 1;
+                    }
                 }
-            };
-            let room_done = report.is_none_or(|rep| (rep.groups as usize) < limits.chunk_size);
-            if let Some(rep) = report {
-                step.groups = rep.groups as i64;
-                step.rows_before = rep.rows_before as i64;
-                skipped = rep.skipped.len() as i64;
-                if written {
-                    step.outcome = "written";
-                    step.groups_changed = rep.changed as i64;
-                    step.rows_after = rep.rows_after as i64;
-                    saved = step.rows_before - step.rows_after;
-                } else {
-                    step.outcome = "not_saved";
-                    step.rows_after = step.rows_before;
-                    not_saved = 1;
-                }
-            } else {
-                step.outcome = "room_done";
+            }
+            if let ChunkOutcome::NotSaved { saved, .. } = &r.outcome {
+                notes.push(format!("chunk undone: it would have saved {saved} rows"));
             }
             step.message = (!notes.is_empty()).then(|| notes.join("; "));
             exec(
@@ -419,7 +417,7 @@ pub fn run_chunk(client: &mut SpiClient<'_>, run: i64) -> Result<Step> {
         }
         Err(failure) => {
             errors = 1;
-            step.outcome = "failed";
+            step.outcome = Outcome::Failed;
             let message = format!(
                 "{} (SQLSTATE {}, {} attempt{})",
                 failure.message,
@@ -427,20 +425,34 @@ pub fn run_chunk(client: &mut SpiClient<'_>, run: i64) -> Result<Step> {
                 failure.attempts,
                 if failure.attempts == 1 { "" } else { "s" }
             );
-            // Backoff: 1, 2, 4, ... minutes, at most a day.
+            // The queue row is locked by pick_room: its count is this room's.
+            let errors_before = one::<i32>(
+                client,
+                "SELECT error_count FROM synapse_compress.room_queue WHERE room_id = $1",
+                &[room.as_str().into()],
+            )?
+            .unwrap_or(0);
+            let delay = policy::retry_delay(errors_before.max(0) as u32);
             exec(
                 client,
                 "UPDATE synapse_compress.room_queue SET last_error = $2, last_error_at = now(), \
-                    error_count = error_count + 1, \
-                    next_retry = now() + least(interval '1 minute' * power(2, least(error_count, 20)), interval '1 day') \
+                    error_count = error_count + 1, next_retry = now() + make_interval(secs => $3) \
                  WHERE room_id = $1",
-                &[room.as_str().into(), message.as_str().into()],
+                &[
+                    room.as_str().into(),
+                    message.as_str().into(),
+                    (delay.as_secs() as f64).into(),
+                ],
             )?;
             pgrx::warning!("synapse_compress: room {room} skipped: {message}");
             step.message = Some(message);
         }
     }
-    let next_size = adapt_chunk_size(row.chunk_size, elapsed_ms);
+    let next_size = policy::adapt_chunk_size(
+        row.chunk_size,
+        elapsed_ms,
+        gucs::TARGET_CHUNK_TIME.get().into(),
+    );
     exec(
         client,
         "UPDATE synapse_compress.runs SET \
@@ -592,17 +604,6 @@ pub fn reset_room(client: &mut SpiClient<'_>, room: &str) -> Result<()> {
                  last_error = NULL, last_error_at = NULL, error_count = 0, next_retry = NULL",
         &[room.into(), groups.into(), rows.into()],
     )
-}
-
-/// With `synapse_compress.target_chunk_time` set, move the chunk size halfway towards
-/// the size that would take that long (halfway: one slow chunk must not swing it).
-fn adapt_chunk_size(size: i32, elapsed_ms: i64) -> i32 {
-    let target = gucs::TARGET_CHUNK_TIME.get();
-    if target == 0 || elapsed_ms == 0 {
-        return size;
-    }
-    let ideal = size as f64 * target as f64 / elapsed_ms as f64;
-    (((size as f64 + ideal) / 2.0).round() as i64).clamp(10, MAX_CHUNK_SIZE as i64) as i32
 }
 
 /// `errors::raise` for a scheduled-run error at the SQL boundary.

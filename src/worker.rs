@@ -20,6 +20,7 @@ use pgrx::spi::SpiClient;
 
 use crate::gucs;
 use crate::schedule::{self, Source};
+use synapse_compress_core::schedule::{Budget, RunEnd};
 
 /// Set in the postmaster when it preloads us (and inherited by every backend).
 static REGISTERED: AtomicBool = AtomicBool::new(false);
@@ -212,21 +213,22 @@ fn run(signals: &mut Signals) {
             .unwrap_or_else(|e| schedule::raise(e))
     });
     let started = Instant::now();
-    let mut chunks: i64 = 0;
+    let mut chunks: u64 = 0;
     let outcome = loop {
         signals.poll();
         if signals.stop {
-            break "stopped";
+            break RunEnd::Stopped;
         }
         if !gucs::ENABLED.get() {
-            break "paused";
+            break RunEnd::Paused;
         }
-        let budget = gucs::MAX_RUN_TIME.get();
-        let max_chunks = gucs::MAX_RUN_CHUNKS.get();
-        if (budget > 0 && started.elapsed() >= Duration::from_secs(budget as u64))
-            || (max_chunks > 0 && chunks >= max_chunks as i64)
-        {
-            break "budget";
+        let budget = Budget {
+            time: (gucs::MAX_RUN_TIME.get() > 0)
+                .then(|| Duration::from_secs(gucs::MAX_RUN_TIME.get() as u64)),
+            chunks: (gucs::MAX_RUN_CHUNKS.get() > 0).then(|| gucs::MAX_RUN_CHUNKS.get() as u64),
+        };
+        if budget.exhausted(started.elapsed(), chunks) {
+            break RunEnd::Budget;
         }
         let step = BackgroundWorker::transaction(AssertUnwindSafe(|| {
             Spi::connect_mut(|c| {
@@ -238,17 +240,17 @@ fn run(signals: &mut Signals) {
             .unwrap_or_else(|e| schedule::raise(e))
         }));
         match step {
-            None => break "paused",
-            Some(s) if s.outcome == "no_work" => break "done",
+            None => break RunEnd::Paused,
+            Some(s) if s.outcome.ends_run() => break RunEnd::Done,
             Some(_) => chunks += 1,
         }
         let pause = Duration::from_millis(gucs::CHUNK_PAUSE.get() as u64);
         if !pause.is_zero() && !signals.sleep(pause) {
-            break "stopped";
+            break RunEnd::Stopped;
         }
     };
     BackgroundWorker::transaction(|| {
-        Spi::connect_mut(|c| schedule::end_run(c, run_id, outcome, None))
+        Spi::connect_mut(|c| schedule::end_run(c, run_id, outcome.as_str(), None))
             .unwrap_or_else(|e| schedule::raise(e))
     });
     log!("synapse_compress worker: run {run_id} {outcome} after {chunks} chunks");
