@@ -17,13 +17,12 @@
 # state_groups, state_group_edges and state_groups_state), which implies every group
 # resolves as before. Prints each measured stop latency; last line PASS or FAIL.
 set -euo pipefail
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-cd "$ROOT"
+# shellcheck source=pgrx-tests/env.sh
+source "$(dirname "$0")/../env.sh"
 DIR=${STRESS_DIR:-/tmp/synapse_compress/stress}
 PORT=${STRESS_PORT:-55442}
 DB=faults
-GEN="$ROOT/target/release/synapse-compress-gen"
-LOGS=/tmp/synapse_compress/stress-logs
+LOGS=$DIR-logs
 SCALE=0.3
 MAX_STOP=1.0    # seconds allowed between the interrupt and the end of the statement
 
@@ -35,8 +34,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-mkdir -p /tmp/synapse_compress "$LOGS"
-chmod a+rx /tmp/synapse_compress
+mkdir -p "$LOGS"
 [ -x "$GEN" ] || cargo build --release -q -p synapse_compress_core --bins
 # shellcheck source=pgrx-tests/stress/common.sh
 source pgrx-tests/stress/common.sh
@@ -57,7 +55,7 @@ section() { echo "== $* ($(( $(date +%s) - t_section ))s so far)"; }
 t_start=$(date +%s)
 echo "== setup: headline room, scale $SCALE"
 bash scripts/cluster.sh createdb "$DIR" "$PORT" "$DB" >/dev/null
-q -c "CREATE EXTENSION synapse_compress" -f pgrx-tests/lib.sql -f pgrx-tests/sim.sql
+q -c "CREATE EXTENSION synapse_compress" -f pgrx-tests/e2e/lib.sql -f pgrx-tests/e2e/sim.sql
 "$GEN" --preset headline --scale "$SCALE" --seed 5 2>/dev/null | q >/dev/null
 q -c "VACUUM ANALYZE" -c "CHECKPOINT"   # crash recovery replays from here
 ROOM=$(val "SELECT room_id FROM state_groups GROUP BY 1 ORDER BY count(*) DESC LIMIT 1")
