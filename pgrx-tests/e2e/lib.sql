@@ -124,15 +124,20 @@ $$;
 -- A room written the way Synapse writes one, with no randomness (for suites whose
 -- expected output names groups): groups first .. first+n-1 in one chain, a full
 -- snapshot every `every` groups and otherwise a delta of one member, each group the
--- state after its own event (event_to_state_groups). Returns the last group.
-CREATE FUNCTION sc_test.make_room(room text, n int, first bigint, every int DEFAULT 100)
+-- state after its own event (event_to_state_groups); the members who join in the
+-- room's first event and never change (`stable`) make the snapshots big. Returns the
+-- last group.
+CREATE FUNCTION sc_test.make_room(room text, n int, first bigint, every int DEFAULT 100,
+                                  stable int DEFAULT 0)
 RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE id bigint; ev text; member text;
 BEGIN
   CREATE TEMP TABLE sc_cur (type text, state_key text, event_id text, PRIMARY KEY (type, state_key));
   INSERT INTO sc_cur VALUES ('m.room.create', '', '$create_' || first),
                             ('m.room.power_levels', '', '$power_' || first);
-  INSERT INTO rooms (room_id, is_public) VALUES (room, false);
+  INSERT INTO sc_cur SELECT 'm.room.member', '@s' || i || ':example.org', '$join_' || first || '_' || i
+                     FROM generate_series(1, stable) i;
+  INSERT INTO rooms (room_id, is_public) VALUES (room, false) ON CONFLICT DO NOTHING;
   FOR g IN 0..n - 1 LOOP
     id := first + g;
     ev := '$e' || id;
@@ -153,13 +158,15 @@ BEGIN
   RETURN id;
 END $$;
 
--- The error `sql` raises, as 'SQLSTATE: message' (NULL when it succeeds).
-CREATE FUNCTION sc_test.error_of(sql text) RETURNS text LANGUAGE plpgsql AS $$
-DECLARE st text; msg text;
+-- The error `sql` raises, as 'SQLSTATE: message', with ' HINT: hint' when asked for
+-- and there is one (NULL when it succeeds).
+CREATE FUNCTION sc_test.error_of(sql text, with_hint boolean DEFAULT false) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE st text; msg text; hint text;
 BEGIN
   EXECUTE sql;
   RETURN NULL;
 EXCEPTION WHEN OTHERS THEN
-  GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT;
-  RETURN st || ': ' || msg;
+  GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT, hint = PG_EXCEPTION_HINT;
+  RETURN st || ': ' || msg || CASE WHEN with_hint AND hint <> '' THEN ' HINT: ' || hint ELSE '' END;
 END $$;
