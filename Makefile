@@ -1,8 +1,9 @@
 # Entry points for developers and CI (.ci/run runs `make test`).
 # Everything installs what it needs first (`make setup`, idempotent and quick).
-.PHONY: setup fixture generator build install test test-unit test-pg test-e2e test-worker test-security test-stress test-synapse demo bench bench-core lock-waits lint clean-clusters
+.PHONY: setup fixture generator build install test test-unit test-pg test-regress test-isolation test-e2e test-worker test-security test-stress test-synapse demo bench bench-core lock-waits lint clean-clusters
 
 PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
+export PG_CONFIG
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
 # Install/verify the toolchain and build the Synapse schema fixture (idempotent).
@@ -22,9 +23,11 @@ generator build: setup
 install: setup
 	PG_CONFIG=$(PG_CONFIG) bash scripts/install.sh
 
-# Every test: the pure core, the in-database #[pg_test]s, the end-to-end suites (SQL
-# cases, the background worker, concurrency stress and faults, a real Synapse).
-test: setup lint test-unit test-pg test-e2e test-worker test-security test-stress test-synapse
+# Every test: the pure core, the in-database #[pg_test]s, PostgreSQL's own test tools
+# (pg_regress: errors, hints and notices; pg_isolation_regress: forced interleavings
+# with Synapse's transactions), the end-to-end suites (SQL cases, the background
+# worker, least privilege, concurrency stress and faults, a real Synapse).
+test: setup lint test-unit test-pg test-regress test-isolation test-e2e test-worker test-security test-stress test-synapse
 
 lint:
 	cargo fmt --all -- --check
@@ -37,12 +40,21 @@ test-unit:
 test-pg:
 	bash scripts/pgrx-test.sh
 
+# pg_regress: expected output of pgrx-tests/regress/sql/*.sql (messages, SQLSTATEs, hints).
+test-regress: install
+	bash pgrx-tests/regress/run.sh
+
+# pg_isolation_regress: pgrx-tests/isolation/specs/*.spec, compress_room against
+# Synapse's deletion and purge in fixed interleavings.
+test-isolation: install
+	bash pgrx-tests/isolation/run.sh
+
 test-e2e: install build
-	bash pgrx-tests/run.sh
+	bash pgrx-tests/e2e/run.sh
 
 # The background worker in a cluster with shared_preload_libraries.
 test-worker: install build
-	bash pgrx-tests/worker.sh
+	bash pgrx-tests/worker/run.sh
 
 # Least privilege: Synapse's role plants triggers, a rule and look-alike functions;
 # superuser calls and the worker must never run them with more rights than that role.
@@ -50,12 +62,12 @@ test-security: install build
 	bash pgrx-tests/security/run.sh
 
 # compress_room racing a simulation of Synapse's own state transactions (random
-# rounds, then forced interleavings), and faults (kill -9, cancel, statement_timeout,
-# injected write errors); ~6 minutes. All three run; any failure fails the target.
+# rounds; the forced interleavings are test-isolation), and faults (kill -9, cancel,
+# statement_timeout, injected write errors), each struck where the run is held on a
+# lock the test holds. Both run; any failure fails the target.
 test-stress: install build
 	rc=0; \
 	bash pgrx-tests/stress/run.sh || rc=1; \
-	bash pgrx-tests/stress/races.sh || rc=1; \
 	bash pgrx-tests/stress/faults.sh || rc=1; \
 	exit $$rc
 
@@ -82,5 +94,5 @@ bench-core:
 	cargo bench -p synapse_compress_core --bench plan_chunk -- $(BENCH_CORE_ARGS)
 
 clean-clusters:
-	for c in e2e demo worker stress bench synapse-e2e; do \
+	for c in e2e demo worker stress bench synapse-e2e regress isolation security lock-waits; do \
 		bash scripts/cluster.sh stop /tmp/synapse_compress/$$c || true; done

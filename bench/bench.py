@@ -143,7 +143,7 @@ def counts(cl, db):
 def fingerprints(cl, db):
     """Every group's resolved state as (number of keys, additive 64-bit hash of its rows).
 
-    Same semantics as pgrx-tests/lib.sql's sc_test.fingerprints() (walk the predecessor
+    Same semantics as pgrx-tests/e2e/lib.sql's sc_test.fingerprints() (walk the predecessor
     chain, the highest group wins per (type, state_key), ties on the smallest event_id),
     but computed in one pass over the rows: a depth-first walk of the forest of groups
     applies each group's delta on entry and undoes it on exit, so the cost is
@@ -212,10 +212,10 @@ def compare(before, after):
 
 
 def sql_check(cl, db, when):
-    """The exact but slow check of pgrx-tests/lib.sql (--sql-check)."""
+    """The exact but slow check of pgrx-tests/e2e/lib.sql (--sql-check)."""
     if when == "before":
         cl.query(db, "CREATE EXTENSION IF NOT EXISTS synapse_compress")
-        subprocess.run(cl.psql(db) + ["-f", "pgrx-tests/lib.sql"], cwd=ROOT, check=True,
+        subprocess.run(cl.psql(db) + ["-f", "pgrx-tests/e2e/lib.sql"], cwd=ROOT, check=True,
                        stdout=subprocess.DEVNULL)
         cl.query(db, "CALL sc_test.snapshot()")
         return None
@@ -612,7 +612,7 @@ def main():
                    help="comma-separated subset of: " + ", ".join([*WORKLOADS, "scaling"]))
     p.add_argument("--no-tool", action="store_true", help="skip the existing tool")
     p.add_argument("--sql-check", action="store_true",
-                   help="also run pgrx-tests/lib.sql's exact sc_test check (slow)")
+                   help="also run pgrx-tests/e2e/lib.sql's exact sc_test check (slow)")
     p.add_argument("--sample", type=int, default=200, help="groups in the state read sample")
     p.add_argument("--tool-timeout", type=int, default=3600, help="seconds per tool run")
     p.add_argument("--keep", action="store_true", help="keep the compressed copies")

@@ -10,14 +10,12 @@
 #   - mixed owners and a caller without privileges are refused with 42501.
 # Prints "security: N passed, N failed" last.
 set -uo pipefail
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-cd "$ROOT"
+# shellcheck source=pgrx-tests/env.sh
+source "$(dirname "$0")/../env.sh"
 DIR=${SECURITY_DIR:-/tmp/synapse_compress/security}
 PORT=${SECURITY_PORT:-55452}
-GEN=${GEN:-$ROOT/target/release/synapse-compress-gen}
-LOGS=/tmp/synapse_compress/security-logs
-mkdir -p /tmp/synapse_compress "$LOGS"
-chmod a+rx /tmp/synapse_compress
+LOGS="$DIR-logs"
+mkdir -p "$LOGS"
 LOG=$LOGS/run.log
 : >"$LOG"
 

@@ -7,7 +7,7 @@
 #   1. every group's resolved state is snapshotted (sc_test.fingerprints(); rooms to
 #      purge whole are loaded first);
 #   2. for S seconds, sessions run the simulation of Synapse 1.163.2 in
-#      pgrx-tests/sim.sql at REPEATABLE READ (2 creating groups and persisting their
+#      pgrx-tests/e2e/sim.sql at REPEATABLE READ (2 creating groups and persisting their
 #      events, 1 purging history = marking groups pending deletion, 1 running the
 #      deletion loop with its de-delta, 1 purging whole rooms, 1 reading and checking
 #      state) while 2 psql sessions call compress_room on random rooms with random
@@ -26,13 +26,12 @@
 # STRESS_PRELOAD=1 loads the library with shared_preload_libraries (worker off).
 # Defaults: 7 rounds of 8 s, about 2 minutes here.
 set -euo pipefail
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-cd "$ROOT"
+# shellcheck source=pgrx-tests/env.sh
+source "$(dirname "$0")/../env.sh"
 DIR=${STRESS_DIR:-/tmp/synapse_compress/stress}
 PORT=${STRESS_PORT:-55442}
 DB=stress
-GEN="$ROOT/target/release/synapse-compress-gen"
-LOGS=/tmp/synapse_compress/stress-logs
+LOGS=$DIR-logs
 ROUNDS=7
 SECS=8
 SELF_TEST=0
@@ -50,8 +49,7 @@ done
 [[ "$ROUNDS" =~ ^[0-9]+$ && "$ROUNDS" -ge 1 ]] || { echo "--rounds must be >= 1" >&2; exit 2; }
 [[ "$SECS" =~ ^[0-9]+$ && "$SECS" -ge 1 ]] || { echo "--seconds must be >= 1" >&2; exit 2; }
 
-mkdir -p /tmp/synapse_compress "$LOGS"
-chmod a+rx /tmp/synapse_compress
+mkdir -p "$LOGS"
 rm -f "$LOGS"/*.log "$LOGS"/*.sql
 [ -x "$GEN" ] || cargo build --release -q -p synapse_compress_testkit --bins
 
@@ -67,7 +65,7 @@ val() { q -At -c "$1"; }
 t_start=$(date +%s)
 echo "== setup: cluster $DIR port $PORT, database $DB"
 bash scripts/cluster.sh createdb "$DIR" "$PORT" "$DB" >/dev/null
-q -c "CREATE EXTENSION synapse_compress" -f pgrx-tests/lib.sql -f pgrx-tests/sim.sql
+q -c "CREATE EXTENSION synapse_compress" -f pgrx-tests/e2e/lib.sql -f pgrx-tests/e2e/sim.sql
 
 # Load generated rooms with the next free ids; record their role.
 load() {

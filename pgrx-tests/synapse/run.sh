@@ -9,15 +9,15 @@
 #   d. no errors in Synapse's log.
 # Needs the extension installed (make install) and Synapse's venv (set up here).
 #   SYNAPSE_E2E_PRELOAD=1 bash pgrx-tests/synapse/run.sh   # library preloaded
-# Logs: /tmp/synapse_compress/synapse-e2e-logs. Exits nonzero on failure.
+# Logs: "$SYNAPSE_E2E_DIR-logs" (/tmp/synapse_compress/synapse-e2e-logs). Exits nonzero on failure.
 set -euo pipefail
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-cd "$ROOT"
+# shellcheck source=pgrx-tests/env.sh
+source "$(dirname "$0")/../env.sh"
 HERE=pgrx-tests/synapse
 DIR=${SYNAPSE_E2E_DIR:-/tmp/synapse_compress/synapse-e2e}
 PG_PORT=${SYNAPSE_E2E_PG_PORT:-55441}
 HS_PORT=${SYNAPSE_E2E_PORT:-18448}
-LOGS=/tmp/synapse_compress/synapse-e2e-logs
+LOGS=$DIR-logs
 HS_DIR=$LOGS/hs            # Synapse's config, signing key, media store
 HS_LOG=$LOGS/homeserver.log
 DB=synapse
@@ -28,7 +28,7 @@ die() { log "FAIL: $*"; exit 1; }
 
 PY=$(bash scripts/setup-synapse.sh python)
 
-mkdir -p /tmp/synapse_compress && chmod a+rx /tmp/synapse_compress
+mkdir -p "$LOGS"
 # A Synapse left over by an interrupted run of this test holds the port: stop it
 # (only if the pid we recorded is still a homeserver using our config).
 stop_synapse() {
@@ -115,7 +115,7 @@ drive() { "$PY" "$HERE/drive.py" "$@"; }
 log "starting synapse (first start creates its schema)"
 start_synapse
 # Synapse has created its tables: now the extension and the test helpers.
-psql -X -q -v ON_ERROR_STOP=1 -d "$DB" -c "CREATE EXTENSION synapse_compress" -f pgrx-tests/lib.sql
+psql -X -q -v ON_ERROR_STOP=1 -d "$DB" -c "CREATE EXTENSION synapse_compress" -f pgrx-tests/e2e/lib.sql
 
 status=0
 log "== populate"

@@ -1,20 +1,18 @@
 #!/usr/bin/env bash
-# End-to-end suite: a real PostgreSQL 15 cluster, the genuine Synapse schema, the
+# End-to-end suite: a real PostgreSQL cluster (of $PG_CONFIG), the genuine Synapse schema, the
 # installed extension, data from the project's generator.
 #
-# Each case is pgrx-tests/cases/NAME.sql, run by psql with ON_ERROR_STOP in a fresh
+# Each case is pgrx-tests/e2e/cases/NAME.sql, run by psql with ON_ERROR_STOP in a fresh
 # database. Header lines configure it:
 #   -- data: ARGS      generator arguments (synapse-compress-gen ARGS | psql), repeatable
 # A case passes when psql exits 0. Prints "N passed, N failed" last.
 set -uo pipefail
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-cd "$ROOT"
+# shellcheck source=pgrx-tests/env.sh
+source "$(dirname "$0")/../env.sh"
 DIR=${E2E_DIR:-/tmp/synapse_compress/e2e}
 PORT=${E2E_PORT:-55432}
-GEN="$ROOT/target/release/synapse-compress-gen"
-LOGS=/tmp/synapse_compress/e2e-logs
-mkdir -p /tmp/synapse_compress "$LOGS"
-chmod a+rx /tmp/synapse_compress
+LOGS=$DIR-logs
+mkdir -p "$LOGS"
 
 bash scripts/cluster.sh start "$DIR" "$PORT" >/dev/null || exit 1
 eval "$(bash scripts/cluster.sh env "$DIR" "$PORT")"
@@ -22,7 +20,7 @@ trap 'bash scripts/cluster.sh stop "$DIR" >/dev/null 2>&1' EXIT
 
 passed=0 failed=0 failures=()
 filter=${1:-}
-for case in pgrx-tests/cases/*.sql; do
+for case in pgrx-tests/e2e/cases/*.sql; do
     name=$(basename "$case" .sql)
     [ -n "$filter" ] && [[ "$name" != *"$filter"* ]] && continue
     db="e2e_${name}"
@@ -30,7 +28,7 @@ for case in pgrx-tests/cases/*.sql; do
     start=$(date +%s%N)
     {
         bash scripts/cluster.sh createdb "$DIR" "$PORT" "$db" >/dev/null &&
-        psql -X -q -v ON_ERROR_STOP=1 -d "$db" -c "CREATE EXTENSION synapse_compress" -f pgrx-tests/lib.sql &&
+        psql -X -q -v ON_ERROR_STOP=1 -d "$db" -c "CREATE EXTENSION synapse_compress" -f pgrx-tests/e2e/lib.sql &&
         { sed -n 's/^-- data: //p' "$case" | while read -r args; do
               # shellcheck disable=SC2086
               "$GEN" $args | psql -X -q -v ON_ERROR_STOP=1 -d "$db" >/dev/null || exit 1

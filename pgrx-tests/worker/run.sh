@@ -5,15 +5,13 @@
 # repeating work, pauses and resumes, takes SIGHUP settings, and goes on past a
 # failing room. Prints "worker: N passed, N failed" last.
 set -uo pipefail
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-cd "$ROOT"
+# shellcheck source=pgrx-tests/env.sh
+source "$(dirname "$0")/../env.sh"
 DIR=${WORKER_DIR:-/tmp/synapse_compress/worker}
 PORT=${WORKER_PORT:-55443}
 DB=worker_e2e
-GEN="$ROOT/target/release/synapse-compress-gen"
-LOG=/tmp/synapse_compress/e2e-logs/worker.log
-mkdir -p /tmp/synapse_compress/e2e-logs
-chmod a+rx /tmp/synapse_compress
+LOG=$DIR-logs/worker.log
+mkdir -p "$DIR-logs"
 
 bash scripts/cluster.sh stop "$DIR" >/dev/null 2>&1
 rm -rf "$DIR"
@@ -53,7 +51,7 @@ load --preset manyrooms --scale 0.02 --seed 31 --first-id 1
 load --preset headline --scale 0.04 --seed 32 --first-id 200000
 load --preset small --seed 33 --first-id 400000
 # (compress_all in lib.sql names compress_room, which does not exist yet)
-PGOPTIONS="-c check_function_bodies=off" psql -X -q -d "$DB" -f pgrx-tests/lib.sql >/dev/null
+PGOPTIONS="-c check_function_bodies=off" psql -X -q -d "$DB" -f pgrx-tests/e2e/lib.sql >/dev/null
 q "CALL sc_test.snapshot()"
 adopted=$(q "SELECT room_id FROM state_groups WHERE id >= 200000 AND id < 400000 LIMIT 1")
 q "CREATE TABLE state_compressor_state (room_id TEXT NOT NULL, level_num INT NOT NULL, max_size INT NOT NULL,

@@ -120,3 +120,53 @@ LANGUAGE sql AS $$
   SELECT c.* FROM (SELECT DISTINCT room_id FROM state_groups) r,
          LATERAL compress_room(r.room_id, levels => lv, dry_run => dry) c
 $$;
+
+-- A room written the way Synapse writes one, with no randomness (for suites whose
+-- expected output names groups): groups first .. first+n-1 in one chain, a full
+-- snapshot every `every` groups and otherwise a delta of one member, each group the
+-- state after its own event (event_to_state_groups); the members who join in the
+-- room's first event and never change (`stable`) make the snapshots big. Returns the
+-- last group.
+CREATE FUNCTION sc_test.make_room(room text, n int, first bigint, every int DEFAULT 100,
+                                  stable int DEFAULT 0)
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE id bigint; ev text; member text;
+BEGIN
+  CREATE TEMP TABLE sc_cur (type text, state_key text, event_id text, PRIMARY KEY (type, state_key));
+  INSERT INTO sc_cur VALUES ('m.room.create', '', '$create_' || first),
+                            ('m.room.power_levels', '', '$power_' || first);
+  INSERT INTO sc_cur SELECT 'm.room.member', '@s' || i || ':example.org', '$join_' || first || '_' || i
+                     FROM generate_series(1, stable) i;
+  INSERT INTO rooms (room_id, is_public) VALUES (room, false) ON CONFLICT DO NOTHING;
+  FOR g IN 0..n - 1 LOOP
+    id := first + g;
+    ev := '$e' || id;
+    member := '@u' || (g % 40) || ':example.org';
+    INSERT INTO state_groups (id, room_id, event_id) VALUES (id, room, ev);
+    INSERT INTO event_to_state_groups (event_id, state_group) VALUES (ev, id);
+    INSERT INTO sc_cur VALUES ('m.room.member', member, ev)
+      ON CONFLICT (type, state_key) DO UPDATE SET event_id = excluded.event_id;
+    IF g % every = 0 THEN
+      INSERT INTO state_groups_state SELECT id, room, type, state_key, event_id FROM sc_cur;
+    ELSE
+      INSERT INTO state_group_edges VALUES (id, id - 1);
+      INSERT INTO state_groups_state VALUES (id, room, 'm.room.member', member, ev);
+    END IF;
+  END LOOP;
+  DROP TABLE sc_cur;
+  PERFORM setval('state_group_id_seq', greatest(id, (SELECT last_value FROM state_group_id_seq)));
+  RETURN id;
+END $$;
+
+-- The error `sql` raises, as 'SQLSTATE: message', with ' HINT: hint' when asked for
+-- and there is one (NULL when it succeeds).
+CREATE FUNCTION sc_test.error_of(sql text, with_hint boolean DEFAULT false) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE st text; msg text; hint text;
+BEGIN
+  EXECUTE sql;
+  RETURN NULL;
+EXCEPTION WHEN OTHERS THEN
+  GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT, hint = PG_EXCEPTION_HINT;
+  RETURN st || ': ' || msg || CASE WHEN with_hint AND hint <> '' THEN ' HINT: ' || hint ELSE '' END;
+END $$;
