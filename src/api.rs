@@ -87,7 +87,7 @@ fn compress_room(
         }
     }
     // SAFETY: reading transaction state on the backend's thread.
-    if !dry_run && unsafe { pg_sys::IsTransactionBlock() } {
+    if summary.written && unsafe { pg_sys::IsTransactionBlock() } {
         notice!(
             "compress_room {room}: its {} state groups read stay locked until this transaction ends; \
              commit soon: Synapse's deletion of them waits until then",

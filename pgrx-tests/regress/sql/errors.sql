@@ -79,3 +79,23 @@ INSERT INTO state_group_edges VALUES (3020, 3005);
 SELECT groups_changed, groups_skipped, written FROM compress_room('!tangled:example.org', levels => '10,5');
 -- The worker is not loaded here: run_now() says so.
 SELECT synapse_compress.run_now();
+
+-- Admin functions: bad input.
+SELECT synapse_compress.reset_room(NULL);
+\echo SQLSTATE :SQLSTATE
+SELECT synapse_compress.reset_room('!nope:example.org');
+\echo SQLSTATE :SQLSTATE
+SELECT synapse_compress.set_state_schema(NULL);
+\echo SQLSTATE :SQLSTATE
+SELECT synapse_compress.set_state_schema('no_such_schema');
+\echo SQLSTATE :SQLSTATE
+SELECT synapse_compress.set_state_schema('pg_catalog');
+\echo SQLSTATE :SQLSTATE
+SELECT state_schema FROM synapse_compress.control;
+SET synapse_compress.lock_timeout = -1;
+\echo SQLSTATE :SQLSTATE
+-- compress_room that wrote inside a transaction block says how long its locks last.
+SELECT sc_test.make_room('!txn:example.org', 300, 5000);
+BEGIN;
+SELECT groups_changed, written FROM compress_room('!txn:example.org');
+ROLLBACK;
