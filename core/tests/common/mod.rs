@@ -55,6 +55,7 @@ pub fn opts(levels: &str, chunk: usize) -> Options {
         dry_run: false,
         after_group: None,
         max_groups: None,
+        memory_limit: engine::DEFAULT_MEMORY_LIMIT,
     }
 }
 
@@ -151,4 +152,22 @@ pub fn max_depth(s: &MemStore) -> u32 {
         .filter_map(|&id| s.depth(id))
         .max()
         .unwrap_or(0)
+}
+
+/// A generated database in memory, and its rooms in order of first appearance.
+pub fn load_spec(spec: &synapse_compress_core::generator::GenSpec) -> (MemStore, Vec<String>) {
+    let mut s = MemStore::default();
+    let mut rooms: Vec<String> = Vec::new();
+    synapse_compress_core::generator::generate(spec, &mut |g| {
+        let room = g
+            .group
+            .room_id
+            .clone()
+            .expect("generated groups have rooms");
+        if !rooms.contains(&room) {
+            rooms.push(room);
+        }
+        s.insert(g.group);
+    });
+    (s, rooms)
 }
