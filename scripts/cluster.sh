@@ -7,7 +7,7 @@
 #   cluster.sh createdb DIR PORT NAME     # fresh database with the genuine Synapse schema
 set -euo pipefail
 
-BIN=/usr/lib/postgresql/15/bin
+BIN=$("${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}" --bindir)
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SCHEMA="$ROOT/.cache/synapse/schema.sql"
 TEMPLATE=synapse_template

@@ -55,6 +55,10 @@ fn code_and_hint(err: &Error) -> (PgSqlErrorCode, String) {
             "Something else changed the room's state groups meanwhile; nothing was written. Retry.".into(),
         ),
         Error::Store(_) => (PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "Nothing was written.".into()),
+        Error::MemoryLimit { .. } => (
+            PgSqlErrorCode::ERRCODE_OUT_OF_MEMORY,
+            "Nothing was written. Raise synapse_compress.memory_limit (e.g. SET synapse_compress.memory_limit = '1GB') for this room.".into(),
+        ),
     }
 }
 

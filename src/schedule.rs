@@ -279,6 +279,7 @@ pub fn run_chunk(client: &mut SpiClient<'_>, run: i64) -> Result<Step> {
         chunk_size: row.chunk_size.clamp(1, MAX_CHUNK_SIZE as i32) as usize,
         upto: row.upto,
         min_saved_rows: gucs::MIN_SAVED_ROWS.get() as i64,
+        memory_limit: gucs::memory_limit(),
     };
     let started = Instant::now();
     let tangled = TANGLED.with(|t| match &*t.borrow() {
