@@ -3,11 +3,11 @@
 //! Everything a run holds is estimated in bytes from lengths and capacities, and
 //! charged here before (or as) it is held:
 //!
-//! - the slice's raw groups as the store returned them, counted twice: the engine's
-//!   copy and the database's result set it was read from (both exist while loading);
+//! - the slice's raw groups as the store returned them, and while they are loaded the
+//!   database's result set they were read from (freed by the store when it returns);
 //! - the string dictionary, by capacity, as it grows;
 //! - every resolved state and own state of the slice, groups resolved below it, the
-//!   plan's nodes, and chains read to resolve them (their raw rows, twice, while read);
+//!   plan's nodes, and chains read to resolve them (their raw rows while read);
 //! - the write buffers: each rewrite's rows, the database's copy of them, and the rows
 //!   read back to check them;
 //! - what is kept between slices: placements, the dictionary and the cached nodes.
@@ -122,18 +122,31 @@ fn row_bytes(r: &StateRow) -> usize {
         + string_bytes(&r.event_id, r.event_id.capacity())
 }
 
-/// A group as loaded: the engine's copy and the database's.
-pub fn raw_group_bytes(g: &RawGroup) -> usize {
-    size_of::<RawGroup>()
+/// A group as loaded: the engine's copy, and the database's copy it was read from
+/// (which the store frees before it returns, so the engine charges it only for the
+/// load itself).
+pub fn raw_group_bytes(g: &RawGroup) -> (usize, usize) {
+    let engine = size_of::<RawGroup>()
         + g.room_id
             .as_ref()
             .map_or(0, |r| string_bytes(r, r.capacity()))
         + vec_bytes::<i64>(g.prevs.capacity())
         + vec_bytes::<StateRow>(g.rows.capacity())
-        + g.rows
-            .iter()
-            .map(|r| row_bytes(r) + db_row_bytes(r))
-            .sum::<usize>()
+        + g.rows.iter().map(row_bytes).sum::<usize>();
+    (engine, g.rows.iter().map(db_row_bytes).sum())
+}
+
+/// Charge groups just loaded: both copies, then give back the database's.
+pub fn charge_loaded(budget: &mut MemoryBudget, groups: &[RawGroup]) -> Result<Vec<usize>> {
+    let (mut engine, mut database) = (Vec::with_capacity(groups.len()), 0);
+    for g in groups {
+        let (e, d) = raw_group_bytes(g);
+        engine.push(e);
+        database += d;
+    }
+    budget.charge(engine.iter().sum::<usize>() + database)?;
+    budget.release(database);
+    Ok(engine)
 }
 
 /// A rewrite's write buffers, estimated before its rows are built: each row's slot
@@ -180,6 +193,8 @@ mod tests {
             prevs: vec![],
             rows: vec![StateRow::new("m.room.member", "@a:hs", "$e")],
         };
-        assert!(raw_group_bytes(&g) > 2 * "m.room.member@a:hs$e".len() + DB_ROW_OVERHEAD);
+        let (engine, database) = raw_group_bytes(&g);
+        let text = "m.room.member@a:hs$e".len();
+        assert!(engine > text && database >= 2 * text + DB_ROW_OVERHEAD);
     }
 }

@@ -5,7 +5,7 @@ use std::mem::size_of;
 use std::rc::Rc;
 use std::time::Instant;
 
-use super::memory::{map_bytes, raw_group_bytes, rewrite_bytes, vec_bytes, MemoryBudget};
+use super::memory::{charge_loaded, map_bytes, rewrite_bytes, vec_bytes, MemoryBudget};
 use super::{ChunkReport, Options, Summary, MAX_RESOLVE_HOPS};
 use crate::error::{Error, Result};
 use crate::hash::{FxHashMap, FxHashSet};
@@ -334,8 +334,7 @@ impl Run {
         store: &mut dyn Store,
         chunk: crate::store::Chunk,
     ) -> Result<ChunkReport> {
-        let raw: Vec<usize> = chunk.groups.iter().map(raw_group_bytes).collect();
-        self.budget.charge(raw.iter().sum())?;
+        let raw = charge_loaded(&mut self.budget, &chunk.groups)?;
         let n = chunk.groups.len();
         // Per group: its input, its state in a map, its node in the plan.
         self.budget.charge(
@@ -653,8 +652,7 @@ impl Outside<'_> {
             return Ok(Ok(node.clone()));
         }
         let chain = store.load_chain(id, MAX_RESOLVE_HOPS)?;
-        let raw: usize = chain.groups.iter().map(raw_group_bytes).sum();
-        self.budget.charge(raw)?;
+        let raw: usize = charge_loaded(self.budget, &chain.groups)?.iter().sum();
         let in_room = chain.groups.first().and_then(|g| g.room_id.as_deref()) == Some(self.room);
         let folded = fold_chain(self.dict, &chain, id);
         drop(chain);
