@@ -1,6 +1,6 @@
 # Entry points for developers and CI (.ci/run runs `make test`).
 # Everything installs what it needs first (`make setup`, idempotent and quick).
-.PHONY: setup fixture build install test test-unit test-pg test-e2e test-worker test-stress test-synapse demo bench lint clean-clusters
+.PHONY: setup fixture build install test test-unit test-pg test-e2e test-worker test-stress test-synapse test-memory demo bench lint clean-clusters
 
 PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
 export PATH := $(HOME)/.cargo/bin:$(PATH)
@@ -22,7 +22,7 @@ install: setup
 
 # Every test: the pure core, the in-database #[pg_test]s, the end-to-end suites (SQL
 # cases, the background worker, concurrency stress and faults, a real Synapse).
-test: setup lint test-unit test-pg test-e2e test-worker test-stress test-synapse
+test: setup lint test-unit test-pg test-e2e test-worker test-stress test-synapse test-memory
 
 lint:
 	cargo fmt --all -- --check
@@ -51,6 +51,10 @@ test-stress: install build
 	bash pgrx-tests/stress/races.sh || rc=1; \
 	bash pgrx-tests/stress/faults.sh || rc=1; \
 	exit $$rc
+
+# The memory ceiling: backend RssAnon under synapse_compress.memory_limit; ~10 minutes.
+test-memory: install
+	bash pgrx-tests/memory/run.sh
 
 # Against a real Synapse 1.163.2 (its venv: scripts/setup-synapse.sh); ~4 minutes.
 test-synapse: install build

@@ -23,7 +23,7 @@ DIR=${MEMORY_DIR:-/tmp/synapse_compress/memory}
 PORT=${MEMORY_PORT:-55441}
 ROOMS=${MEMORY_ROOMS:-"50000 200000"}
 LIMITS=${MEMORY_LIMITS:-"64 128"}
-NGROUPS=${MEMORY_GROUPS:-150}
+NGROUPS=${MEMORY_GROUPS:-105}
 OVERHEAD_MB=${MEMORY_OVERHEAD_MB:-64}
 WORK=$(mktemp -d /tmp/sc-memory-test.XXXXXX)
 chmod a+rx "$WORK"
@@ -76,7 +76,7 @@ SELECT pg_backend_pid();
 SELECT pg_sleep(0.5);
 SET synapse_compress.memory_limit = '$limit';
 SELECT written, state_groups, rows_before, rows_after, elapsed_ms
-FROM synapse_compress.compress_room(:'room');
+FROM compress_room(:'room');
 SQL
     local client=$!
     for _ in $(seq 100); do [ -s "$WORK/pid" ] && break; sleep 0.05; done
@@ -107,7 +107,7 @@ for members in $ROOMS; do
         measure "$db" "${limit}MB" "$room"
         peak_mb=$(( (PEAK_KB + 1023) / 1024 )) base_mb=$(( (BASE_KB + 1023) / 1024 ))
         if [ "$RC" = 0 ]; then
-            IFS='|' read -r written groups rows_before rows_after ms <"$WORK/out"
+            IFS='|' read -r written groups rows_before rows_after ms < <(tail -n 1 "$WORK/out")
             outcome=written
             [ "$written" = t ] || outcome=not_written
             printf '%-9s %-6s %-8s %-9s %-9s %-8s %s\n' "$members" "${limit}MB" "$outcome" \
