@@ -12,7 +12,8 @@
 # Prints a table: room members, limit, outcome, peak RssAnon MB, time.
 #
 # Env: PG_CONFIG, MEMORY_DIR, MEMORY_PORT, MEMORY_ROOMS (members, space-separated),
-# MEMORY_LIMITS (MB), MEMORY_GROUPS (groups per room: a snapshot every 100),
+# MEMORY_LIMITS (MB), MEMORY_GROUPS (groups per room: a snapshot every 100; with the
+# default levels the first group rewritten is the third snapshot, 201),
 # MEMORY_OVERHEAD_MB (the fixed overhead the README states).
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -23,7 +24,7 @@ DIR=${MEMORY_DIR:-/tmp/synapse_compress/memory}
 PORT=${MEMORY_PORT:-55441}
 ROOMS=${MEMORY_ROOMS:-"50000 200000"}
 LIMITS=${MEMORY_LIMITS:-"64 128"}
-NGROUPS=${MEMORY_GROUPS:-105}
+NGROUPS=${MEMORY_GROUPS:-205}
 OVERHEAD_MB=${MEMORY_OVERHEAD_MB:-64}
 WORK=$(mktemp -d /tmp/sc-memory-test.XXXXXX)
 chmod a+rx "$WORK"
