@@ -1,6 +1,6 @@
 # Entry points for developers and CI (.ci/run runs `make test`).
 # Everything installs what it needs first (`make setup`, idempotent and quick).
-.PHONY: setup fixture generator build install test test-unit test-pg test-regress test-isolation test-e2e test-worker test-security test-stress test-synapse demo bench bench-core lock-waits lint clean-clusters
+.PHONY: setup fixture generator build install test test-unit test-pg test-regress test-isolation test-e2e test-worker test-security test-stress test-synapse test-memory demo bench bench-core lock-waits lint clean-clusters
 
 PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
 export PG_CONFIG
@@ -26,8 +26,8 @@ install: setup
 # Every test: the pure core, the in-database #[pg_test]s, PostgreSQL's own test tools
 # (pg_regress: errors, hints and notices; pg_isolation_regress: forced interleavings
 # with Synapse's transactions), the end-to-end suites (SQL cases, the background
-# worker, least privilege, concurrency stress and faults, a real Synapse).
-test: setup lint test-unit test-pg test-regress test-isolation test-e2e test-worker test-security test-stress test-synapse
+# worker, least privilege, concurrency stress and faults, a real Synapse, memory).
+test: setup lint test-unit test-pg test-regress test-isolation test-e2e test-worker test-security test-stress test-synapse test-memory
 
 lint:
 	cargo fmt --all -- --check
@@ -70,6 +70,11 @@ test-stress: install build
 	bash pgrx-tests/stress/run.sh || rc=1; \
 	bash pgrx-tests/stress/faults.sh || rc=1; \
 	exit $$rc
+
+# The memory ceiling: backend RssAnon under synapse_compress.memory_limit. make test runs
+# the 50,000-member room; MEMORY_ROOMS="50000 200000" adds the 200,000-member one (slow).
+test-memory: install build
+	MEMORY_ROOMS="$${MEMORY_ROOMS:-50000}" bash pgrx-tests/memory/run.sh
 
 # Against a real Synapse 1.163.2 (its venv: scripts/setup-synapse.sh); ~4 minutes.
 test-synapse: install build

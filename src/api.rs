@@ -58,6 +58,7 @@ fn compress_room(
         dry_run,
         after_group,
         max_groups,
+        memory_limit: gucs::memory_limit(),
     };
     opts.validate().unwrap_or_else(|e| raise(e));
     if min_saved_rows < 0 {
@@ -140,7 +141,7 @@ fn compress_as_owner(
         for (group, reason) in chunk.skipped.iter().take(3) {
             let why = match reason {
                 SkipReason::Frozen => "pending deletion or being persisted".to_string(),
-                SkipReason::Broken(why) => why.clone(),
+                SkipReason::Broken(why) => why.to_string(),
                 SkipReason::Tangled => {
                     "a malformed group (several predecessors, or a higher one) reaches it"
                         .to_string()

@@ -63,6 +63,10 @@ fn code_and_hint(err: &Error) -> (PgSqlErrorCode, String) {
              SELECT synapse_compress.set_state_schema('schema').".into(),
         ),
         Error::Unsafe { hint, .. } => (PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, hint.clone()),
+        Error::MemoryLimit { .. } => (
+            PgSqlErrorCode::ERRCODE_OUT_OF_MEMORY,
+            "Nothing was written. Raise synapse_compress.memory_limit (e.g. SET synapse_compress.memory_limit = '1GB') for this room.".into(),
+        ),
     }
 }
 

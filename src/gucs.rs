@@ -8,8 +8,11 @@ use std::ffi::CString;
 
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 
-/// Groups per chunk: bounds backend memory and, for scheduled runs, transaction length.
+/// Groups per chunk: for scheduled runs, transaction length (memory: `MEMORY_LIMIT`).
 pub static CHUNK_SIZE: GucSetting<i32> = GucSetting::<i32>::new(500);
+/// kB the engine may hold at once (`engine::memory`); like `work_mem`, with units.
+pub static MEMORY_LIMIT: GucSetting<i32> =
+    GucSetting::<i32>::new((synapse_compress_core::engine::DEFAULT_MEMORY_LIMIT >> 10) as i32);
 /// Seconds between progress NOTICEs of a long compress_room.
 pub static PROGRESS_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(5);
 
@@ -42,12 +45,22 @@ pub fn init(preloading: bool) {
     GucRegistry::define_int_guc(
         c"synapse_compress.chunk_size",
         c"State groups read, planned, verified and written per chunk.",
-        c"Memory of a compression is bounded by this many groups (times their state size); scheduled runs commit once per chunk.",
+        c"Scheduled runs commit once per chunk. Memory is bounded by synapse_compress.memory_limit, which reads a chunk in smaller slices when it must.",
         &CHUNK_SIZE,
         1,
         synapse_compress_core::engine::MAX_CHUNK_SIZE as i32,
         GucContext::Userset,
         GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"synapse_compress.memory_limit",
+        c"Most memory a compression holds at once (chunk, caches, write buffers).",
+        c"When a chunk would not fit, it is read in smaller slices; a state group too big to fit alone fails the room with SQLSTATE 53200, nothing written. The backend uses up to a fixed overhead more (see the README).",
+        &MEMORY_LIMIT,
+        64,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::UNIT_KB,
     );
     GucRegistry::define_int_guc(
         c"synapse_compress.progress_interval",
@@ -192,4 +205,9 @@ pub fn text(setting: &GucSetting<Option<CString>>) -> String {
         .get()
         .map(|c| c.to_string_lossy().into_owned())
         .unwrap_or_default()
+}
+
+/// `memory_limit` in bytes.
+pub fn memory_limit() -> usize {
+    (MEMORY_LIMIT.get().max(1) as usize) << 10
 }

@@ -342,6 +342,7 @@ pub fn run_chunk(client: &mut SpiClient<'_>, run: i64) -> Result<Step> {
         chunk_size: policy::chunk_limit(row.chunk_size),
         upto: row.upto,
         min_saved_rows: gucs::MIN_SAVED_ROWS.get() as i64,
+        memory_limit: gucs::memory_limit(),
     };
     let started = Instant::now();
     let tangled = TANGLED.with(|t| match &*t.borrow() {

@@ -26,6 +26,15 @@ pub enum Error {
     /// rights than theirs (mixed owners, a view in a table's place, a caller without
     /// the privileges itself).
     Unsafe { reason: String, hint: String },
+    /// The run needs more memory than its limit: one group's state, with what must be
+    /// held beside it, does not fit even after every cache was shed. Nothing was
+    /// written. `needed` and `limit` are bytes; `group` is the first group that did not
+    /// fit, when known.
+    MemoryLimit {
+        group: Option<GroupId>,
+        needed: u64,
+        limit: u64,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -54,6 +63,22 @@ impl fmt::Display for Error {
                 write!(f, "no table {table} in schema {schema:?}")
             }
             Error::Unsafe { reason, .. } => write!(f, "refusing to compress: {reason}"),
+            Error::MemoryLimit {
+                group,
+                needed,
+                limit,
+            } => {
+                let kb = |b: &u64| b.div_ceil(1024);
+                match group {
+                    Some(g) => write!(
+                        f,
+                        "state group {g} needs at least {} kB of memory",
+                        kb(needed)
+                    )?,
+                    None => write!(f, "compression needs at least {} kB of memory", kb(needed))?,
+                }
+                write!(f, ", more than the memory limit of {} kB", kb(limit))
+            }
         }
     }
 }

@@ -22,7 +22,7 @@ pub mod state;
 pub mod store;
 pub mod verify;
 
-pub use engine::{Options, Run, Summary};
+pub use engine::{MemoryBudget, Options, Run, Summary};
 pub use error::{Error, Result};
 pub use levels::{LevelSpec, Levels};
 pub use model::{GroupId, RawGroup, StateRow};

@@ -40,9 +40,61 @@ pub enum SkipReason {
     Frozen,
     /// Its stored state is not well defined (cycle, several predecessors, a predecessor
     /// with a higher id, conflicting duplicate rows, or such a group up its chain).
-    Broken(String),
+    Broken(Broken),
     /// A malformed group reaches it over stored edges (see `Store::tangled`).
     Tangled,
+}
+
+/// Why a group's stored state is not well defined.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Broken {
+    /// Its own rows name one key with different events.
+    ConflictingRows,
+    /// Its predecessor's id is not lower than its own.
+    PredecessorNotLower(GroupId),
+    /// It has this many predecessors.
+    SeveralPredecessors(usize),
+    /// Its predecessor (in the same chunk) is broken.
+    PredecessorBroken(GroupId),
+    /// A group below the chunk was not found where its chain was read.
+    NotLoaded(GroupId),
+    /// A chain ended at a group that still had a predecessor.
+    InconsistentChain,
+    /// A group on the chain has a predecessor not lower than itself.
+    ChainPredecessorNotLower { group: GroupId, prev: GroupId },
+    /// The chain of this group is cyclic or longer than `MAX_RESOLVE_HOPS`.
+    CyclicOrTooLong(GroupId),
+    /// A group on the chain has several predecessors.
+    ChainSeveralPredecessors { group: GroupId, count: usize },
+    /// A group on the chain has rows naming one key with different events.
+    ChainConflictingRows(GroupId),
+}
+
+impl std::fmt::Display for Broken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Broken::ConflictingRows => write!(f, "rows name one key with different events"),
+            Broken::PredecessorNotLower(p) => write!(f, "predecessor {p} is not lower"),
+            Broken::SeveralPredecessors(n) => write!(f, "{n} predecessors"),
+            Broken::PredecessorBroken(p) => write!(f, "predecessor {p} is broken"),
+            Broken::NotLoaded(id) => write!(f, "group {id} was not loaded"),
+            Broken::InconsistentChain => write!(f, "inconsistent chain"),
+            Broken::ChainPredecessorNotLower { group, prev } => {
+                write!(f, "group {group} has predecessor {prev}, not lower")
+            }
+            Broken::CyclicOrTooLong(id) => write!(
+                f,
+                "chain of {id} is cyclic or longer than {} hops",
+                crate::engine::MAX_RESOLVE_HOPS
+            ),
+            Broken::ChainSeveralPredecessors { group, count } => {
+                write!(f, "group {group} has {count} predecessors")
+            }
+            Broken::ChainConflictingRows(g) => {
+                write!(f, "group {g} has conflicting duplicate rows")
+            }
+        }
+    }
 }
 
 /// One group of a chunk, loaded and resolved.

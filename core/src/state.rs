@@ -4,6 +4,9 @@
 //! A state map of N entries costs 8·N bytes and every operation the planner needs
 //! (overlay, key-subset test, delta) is one linear merge of two sorted vectors.
 
+use std::mem::size_of;
+use std::rc::Rc;
+
 use crate::hash::FxHashMap;
 use crate::model::StateRow;
 
@@ -12,14 +15,38 @@ pub type KeyId = u32;
 /// An interned event id.
 pub type EventId = u32;
 
-/// Strings seen by a run, interned. The engine starts a new one when it grows past a
-/// limit, so memory depends on the chunk, not on the room.
+/// Strings seen by a run, interned. The engine starts a new one when its memory budget
+/// needs the room (see `engine::memory`), so memory depends on the chunk, not on the room.
+/// Each string is stored once, shared by the lookup map and the id-indexed list.
 #[derive(Default)]
 pub struct Dictionary {
-    strings: FxHashMap<Box<str>, u32>,
-    texts: Vec<Box<str>>,
+    strings: FxHashMap<Rc<str>, u32>,
+    texts: Vec<Rc<str>>,
     keys: FxHashMap<(u32, u32), KeyId>,
     key_parts: Vec<(u32, u32)>,
+    /// Heap bytes of the interned strings themselves (see `heap_bytes`).
+    text_bytes: usize,
+}
+
+/// Bytes a heap allocation costs beyond what it asks for (allocator header and
+/// rounding), counted once per allocation by every estimate of the engine.
+pub const ALLOC_OVERHEAD: usize = 16;
+
+/// Heap bytes of a hash map with this capacity (entries plus one control byte each;
+/// the table keeps 1/8 spare, which `capacity` already excludes, so add it back).
+pub fn map_bytes<K, V>(capacity: usize) -> usize {
+    if capacity == 0 {
+        return 0;
+    }
+    (capacity * 8).div_ceil(7) * (size_of::<(K, V)>() + 1) + ALLOC_OVERHEAD
+}
+
+/// Heap bytes of a vector with this capacity.
+pub fn vec_bytes<T>(capacity: usize) -> usize {
+    if capacity == 0 {
+        return 0;
+    }
+    capacity * size_of::<T>() + ALLOC_OVERHEAD
 }
 
 impl Dictionary {
@@ -28,10 +55,22 @@ impl Dictionary {
             return id;
         }
         let id = u32::try_from(self.texts.len()).expect("fewer than 2^32 strings in a chunk");
-        let boxed: Box<str> = s.into();
-        self.texts.push(boxed.clone());
-        self.strings.insert(boxed, id);
+        let shared: Rc<str> = s.into();
+        // An `Rc<str>` allocation: two counters, then the bytes.
+        self.text_bytes += 2 * size_of::<usize>() + s.len() + ALLOC_OVERHEAD;
+        self.texts.push(shared.clone());
+        self.strings.insert(shared, id);
         id
+    }
+
+    /// Estimated heap bytes held (from capacities, so growth is counted when it
+    /// happens, not when it is used).
+    pub fn heap_bytes(&self) -> usize {
+        self.text_bytes
+            + map_bytes::<Rc<str>, u32>(self.strings.capacity())
+            + vec_bytes::<Rc<str>>(self.texts.capacity())
+            + map_bytes::<(u32, u32), KeyId>(self.keys.capacity())
+            + vec_bytes::<(u32, u32)>(self.key_parts.capacity())
     }
 
     pub fn key(&mut self, event_type: &str, state_key: &str) -> KeyId {
@@ -121,6 +160,11 @@ impl State {
 
     pub fn entries(&self) -> &[(KeyId, EventId)] {
         &self.entries
+    }
+
+    /// Estimated bytes held: the value and its entries (by capacity).
+    pub fn heap_bytes(&self) -> usize {
+        size_of::<State>() + vec_bytes::<(KeyId, EventId)>(self.entries.capacity())
     }
 
     /// `self` with `delta` applied on top (delta wins per key).

@@ -25,20 +25,7 @@ use synapse_compress_testkit::memstore::MemStore;
 const LEVELS: &str = "100,50,25";
 
 fn load(spec: &GenSpec) -> (MemStore, Vec<String>) {
-    let mut s = MemStore::default();
-    let mut rooms = Vec::new();
-    generator::generate(spec, &mut |g| {
-        let room = g
-            .group
-            .room_id
-            .clone()
-            .expect("generated groups have rooms");
-        if !rooms.contains(&room) {
-            rooms.push(room);
-        }
-        s.insert(g.group);
-    });
-    (s, rooms)
+    load_spec(spec)
 }
 
 /// The existing tool's result on one room: rows after, and the sum of the groups'

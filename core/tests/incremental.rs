@@ -5,6 +5,7 @@
 mod common;
 use common::*;
 
+use synapse_compress_core::engine::DEFAULT_MEMORY_LIMIT;
 use synapse_compress_core::incremental::{compress_chunk, ChunkLimits, ChunkOutcome, Progress};
 use synapse_compress_core::{GroupId, LevelSpec, Levels, RawGroup};
 use synapse_compress_testkit::generator;
@@ -97,6 +98,7 @@ fn chunk_by_chunk_with_concurrent_writes_keeps_every_groups_state() {
                     chunk_size,
                     upto,
                     min_saved_rows: 0,
+                    memory_limit: DEFAULT_MEMORY_LIMIT,
                 };
                 let rows = total_rows(&s);
                 let outcomes = drain(&mut s, room, &mut p, limits);
@@ -131,6 +133,7 @@ fn chunks_that_pay_equal_one_run() {
         chunk_size: 250,
         upto: 1500,
         min_saved_rows: 0,
+        memory_limit: DEFAULT_MEMORY_LIMIT,
     };
     let outcomes = drain(&mut chunked, "!r:hs", &mut p, limits);
     assert!(outcomes
@@ -154,6 +157,7 @@ fn a_chunk_below_the_minimum_is_undone_and_levels_restart() {
         chunk_size: 150,
         upto: 400,
         min_saved_rows: 1_000_000,
+        memory_limit: DEFAULT_MEMORY_LIMIT,
     };
     let outcomes = drain(&mut s, "!r:hs", &mut p, limits);
     let undone = outcomes
@@ -179,6 +183,7 @@ fn stale_saved_levels_are_detected_and_restarted() {
         chunk_size: 300,
         upto: 300,
         min_saved_rows: 0,
+        memory_limit: DEFAULT_MEMORY_LIMIT,
     };
     drain(&mut s, "!r:hs", &mut p, limits);
     // Someone else rebuilds the room with long chains: the saved heads are now deeper
@@ -189,6 +194,7 @@ fn stale_saved_levels_are_detected_and_restarted() {
         chunk_size: 100,
         upto: 600,
         min_saved_rows: 0,
+        memory_limit: DEFAULT_MEMORY_LIMIT,
     };
     let r = compress_chunk(&mut s, "!r:hs", &p, limits, None).unwrap();
     assert!(r.levels_reset, "deep heads went unnoticed");
@@ -209,6 +215,7 @@ fn small_chunks_save_about_as_much_as_one_run() {
         chunk_size: 60,
         upto: 3000,
         min_saved_rows: 0,
+        memory_limit: DEFAULT_MEMORY_LIMIT,
     };
     drain(&mut chunked, "!r:hs", &mut p, limits);
     let (whole, small) = (total_rows(&one), total_rows(&chunked));

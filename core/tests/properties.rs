@@ -39,20 +39,7 @@ const LEVELS: &[&str] = &[
 ];
 
 fn load(spec: &GenSpec) -> (MemStore, Vec<String>) {
-    let mut s = MemStore::default();
-    let mut rooms = Vec::new();
-    generator::generate(spec, &mut |g| {
-        let room = g
-            .group
-            .room_id
-            .clone()
-            .expect("generated groups have rooms");
-        if !rooms.contains(&room) {
-            rooms.push(room);
-        }
-        s.insert(g.group);
-    });
-    (s, rooms)
+    load_spec(spec)
 }
 
 /// One way admins report their databases damaged. Groups are picked by `Index` into

@@ -57,6 +57,7 @@ pub fn opts(levels: &str, chunk: usize) -> Options {
         dry_run: false,
         after_group: None,
         max_groups: None,
+        memory_limit: engine::DEFAULT_MEMORY_LIMIT,
     }
 }
 
@@ -167,4 +168,22 @@ pub fn proptest_config(cases: u32) -> Config {
         c.rng_seed = RngSeed::Fixed(0x5359_4e41_5053_4531);
     }
     c
+}
+
+/// A generated database in memory, and its rooms in order of first appearance.
+pub fn load_spec(spec: &synapse_compress_testkit::generator::GenSpec) -> (MemStore, Vec<String>) {
+    let mut s = MemStore::default();
+    let mut rooms: Vec<String> = Vec::new();
+    synapse_compress_testkit::generator::generate(spec, &mut |g| {
+        let room = g
+            .group
+            .room_id
+            .clone()
+            .expect("generated groups have rooms");
+        if !rooms.contains(&room) {
+            rooms.push(room);
+        }
+        s.insert(g.group);
+    });
+    (s, rooms)
 }

@@ -1,0 +1,172 @@
+//! `compress_chunk`: a room one chunk per transaction, as the background worker and
+//! `compress_database` do: each chunk starts from the room's saved progress (the
+//! existing tool's `state_compressor_progress` and `state_compressor_state`) and
+//! returns the progress to save in the same transaction as its writes, so a crash
+//! neither loses nor repeats work.
+//!
+//! The chunk goes through the same `Run::step` as `compress_room` (load → plan →
+//! verify → write → read back); only the bookkeeping around it lives here.
+
+use std::rc::Rc;
+
+use super::{ChunkReport, Options, Run, MAX_RESOLVE_HOPS};
+use crate::error::Result;
+use crate::hash::FxHashSet;
+use crate::levels::{Level, Levels};
+use crate::model::GroupId;
+use crate::store::Store;
+
+/// Where a room's compression stands: every group up to `last_compressed` has been
+/// through the compressor, and `levels` describe the tree built so far.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Progress {
+    pub last_compressed: GroupId,
+    pub levels: Levels,
+}
+
+#[derive(Clone, Debug)]
+pub enum ChunkOutcome {
+    /// No group after `last_compressed` up to the run's limit.
+    Done,
+    /// Written (or nothing needed writing: `report.changed == 0`).
+    Written(ChunkReport),
+    /// Undone because it would remove fewer than the minimum (never a room that grows);
+    /// the levels restart after it.
+    NotSaved { report: ChunkReport, saved: i64 },
+}
+
+#[derive(Clone, Debug)]
+pub struct ChunkResult {
+    pub outcome: ChunkOutcome,
+    /// Save this with the chunk's writes.
+    pub progress: Progress,
+    /// The saved levels did not match the stored tree (another tool or a manual
+    /// rewrite changed it), so they were restarted before this chunk.
+    pub levels_reset: bool,
+    /// The room's `Store::tangled` groups, to hand to the room's next chunk of the
+    /// same run (`None` when no chunk was loaded).
+    pub tangled: Option<Rc<FxHashSet<GroupId>>>,
+}
+
+/// How far a chunk that would not pay is extended before it is given up.
+pub const MAX_CHUNK_GROWTH: usize = 8;
+
+/// What one chunk may do.
+#[derive(Clone, Copy, Debug)]
+pub struct ChunkLimits {
+    pub chunk_size: usize,
+    /// Bytes the engine may hold at once (`Options::memory_limit`).
+    pub memory_limit: usize,
+    /// Leave groups with a higher id alone (those created after the run started).
+    pub upto: GroupId,
+    /// Undo the chunk unless it removes at least this many rows (at least 1 when it
+    /// changes anything).
+    pub min_saved_rows: i64,
+}
+
+/// Compress the next chunk of `room` after `progress`, atomically: its writes are kept
+/// only if they pay off. `tangled` is what the room's previous chunk of this run
+/// returned, if any (it is read from the store otherwise).
+pub fn compress_chunk(
+    store: &mut dyn Store,
+    room: &str,
+    progress: &Progress,
+    limits: ChunkLimits,
+    mut tangled: Option<Rc<FxHashSet<GroupId>>>,
+) -> Result<ChunkResult> {
+    let spec = progress.levels.spec();
+    let fresh = Levels::new(&spec);
+    let (levels, levels_reset) = if heads_match_tree(store, progress.levels.levels())? {
+        (progress.levels.clone(), false)
+    } else {
+        (fresh.clone(), true)
+    };
+    // A chunk that would not pay is retried over a longer stretch (up to
+    // `MAX_CHUNK_GROWTH` times the size) before it is given up: the level algorithm
+    // may spend rows early in a stretch (a new level's first delta) that it saves
+    // later (the snapshots Synapse wrote every 100 groups), and giving up restarts the
+    // levels, which costs a full snapshot.
+    let mut size = limits.chunk_size;
+    loop {
+        let opts = Options {
+            levels: spec.clone(),
+            chunk_size: size,
+            dry_run: false,
+            after_group: None,
+            max_groups: Some(size as i64),
+            memory_limit: limits.memory_limit,
+        };
+        let after = progress.last_compressed;
+        let mut run = Run::resume(room, opts, levels.clone(), after, limits.upto)?;
+        if let Some(t) = &tangled {
+            run.set_tangled(t.clone());
+        }
+        store.begin_atomic()?;
+        let stepped = run.step(store);
+        tangled = run.tangled();
+        let report = match stepped {
+            Ok(Some(report)) => report,
+            Ok(None) => {
+                store.end_atomic(false)?;
+                return Ok(ChunkResult {
+                    outcome: ChunkOutcome::Done,
+                    progress: progress.clone(),
+                    levels_reset: false,
+                    tangled,
+                });
+            }
+            Err(e) => {
+                let _ = store.end_atomic(false);
+                return Err(e);
+            }
+        };
+        let saved = report.rows_before as i64 - report.rows_after as i64;
+        let pays = report.changed == 0 || saved >= limits.min_saved_rows.max(1);
+        let more_to_read = report.groups as usize == size;
+        if !pays && more_to_read && size < limits.chunk_size * MAX_CHUNK_GROWTH {
+            store.end_atomic(false)?;
+            size = (size * 2).min(limits.chunk_size * MAX_CHUNK_GROWTH);
+            continue;
+        }
+        store.end_atomic(pays)?;
+        let (outcome, levels) = if pays {
+            (ChunkOutcome::Written(report.clone()), run.levels().clone())
+        } else {
+            (
+                ChunkOutcome::NotSaved {
+                    report: report.clone(),
+                    saved,
+                },
+                fresh,
+            )
+        };
+        return Ok(ChunkResult {
+            outcome,
+            progress: Progress {
+                last_compressed: report.last,
+                levels,
+            },
+            levels_reset,
+            tangled,
+        });
+    }
+}
+
+/// Levels guarantee that the head of level i is at most Σ_{j≥i} (length_j − 1) hops
+/// deep (less where a base was skipped). A head deeper than that means the stored tree
+/// is not the one the levels describe, and continuing could exceed the hop bound.
+fn heads_match_tree(store: &mut dyn Store, levels: &[Level]) -> Result<bool> {
+    for (i, level) in levels.iter().enumerate() {
+        let Some(head) = level.head else { continue };
+        let bound: u32 = levels[i..]
+            .iter()
+            .map(|l| l.current_length.saturating_sub(1))
+            .sum();
+        let chain = store.load_chain(head, MAX_RESOLVE_HOPS)?;
+        // A missing or broken head is harmless: the planner will not build on it.
+        if chain.groups.len().saturating_sub(1) > bound as usize {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}

@@ -1,0 +1,151 @@
+//! The one rewrite path: load a slice → resolve → plan → verify → write → read back.
+//!
+//! - `run`: a `Run` of one room, the step all callers share.
+//! - `room`: `compress_room`, the whole room (or part of it) in one atomic unit.
+//! - `chunk`: `compress_chunk`, one chunk from saved progress, as the background worker
+//!   and `compress_database` do.
+//! - `memory`: the `MemoryBudget` every step is held to (`Options::memory_limit`).
+//!
+//! Memory: a step reads its chunk in slices sized to the budget. What a run keeps
+//! between slices (the string dictionary, the last slice's nodes as a cache, the
+//! placements) is charged to the same budget and shed before a slice would not fit;
+//! a slice that still does not fit is retried smaller, down to one group, and a group
+//! that does not fit alone fails the run with `Error::MemoryLimit`, nothing written.
+
+mod chunk;
+pub mod memory;
+mod room;
+mod run;
+
+pub use chunk::{
+    compress_chunk, ChunkLimits, ChunkOutcome, ChunkResult, Progress, MAX_CHUNK_GROWTH,
+};
+pub use memory::MemoryBudget;
+pub use room::compress_room;
+pub use run::{Checkpoint, Run};
+
+use crate::error::{Error, Result};
+use crate::levels::LevelSpec;
+use crate::model::GroupId;
+use crate::planner::SkipReason;
+
+/// Guard against corrupt chains when resolving a group from the database. Synapse
+/// writes chains under 100 hops and compression keeps them within the level sums.
+pub const MAX_RESOLVE_HOPS: usize = 20_000;
+/// Largest chunk accepted (groups per chunk).
+pub const MAX_CHUNK_SIZE: usize = 100_000;
+/// `Options::memory_limit` when the caller has no setting (bytes).
+pub const DEFAULT_MEMORY_LIMIT: usize = 256 << 20;
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub levels: LevelSpec,
+    /// Groups per chunk: in the worker, transaction length (memory is bounded by
+    /// `memory_limit`, which splits a chunk into slices as it needs).
+    pub chunk_size: usize,
+    pub dry_run: bool,
+    /// Only groups with a higher id (a fresh level state starts there).
+    pub after_group: Option<GroupId>,
+    /// At most this many groups.
+    pub max_groups: Option<i64>,
+    /// Bytes the engine may hold at once (see `memory`).
+    pub memory_limit: usize,
+}
+
+impl Options {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |name, reason: String| Err(Error::InvalidArgument { name, reason });
+        if self.chunk_size == 0 || self.chunk_size > MAX_CHUNK_SIZE {
+            return bad(
+                "chunk_size",
+                format!("must be between 1 and {MAX_CHUNK_SIZE}"),
+            );
+        }
+        if let Some(a) = self.after_group {
+            if a < 0 {
+                return bad("after_group", format!("{a} is negative"));
+            }
+        }
+        if let Some(m) = self.max_groups {
+            if m < 1 {
+                return bad("max_groups", format!("{m} is not positive"));
+            }
+        }
+        if self.memory_limit == 0 {
+            return bad("memory_limit", "must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// Why a run wrote nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NotWritten {
+    DryRun,
+    NothingToChange,
+    /// The rewrite would not remove rows (`saved` may be negative).
+    WouldNotSave {
+        saved: i64,
+    },
+    BelowMinimum {
+        saved: i64,
+        minimum: i64,
+    },
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub room_id: String,
+    pub state_groups: u64,
+    pub groups_changed: u64,
+    pub groups_skipped: u64,
+    pub rows_before: u64,
+    pub rows_after: u64,
+    pub forced_snapshots: u64,
+    /// Longest predecessor chain (hops) of a processed group after the run.
+    pub max_chain_after: u32,
+    pub dry_run: bool,
+    pub written: bool,
+    pub not_written: Option<NotWritten>,
+    pub chunks: u64,
+    /// Slices the chunks were read in (more than `chunks` when memory was tight).
+    pub slices: u64,
+    /// The most bytes the run's memory accounting held at once (≤ the limit).
+    pub memory_peak: u64,
+    pub elapsed_ms: u64,
+    /// Where a written run left the room, to continue from (saved like the worker's).
+    pub end: Option<Progress>,
+}
+
+impl Summary {
+    pub fn rows_saved(&self) -> i64 {
+        self.rows_before as i64 - self.rows_after as i64
+    }
+}
+
+/// What one chunk did.
+#[derive(Clone, Debug, Default)]
+pub struct ChunkReport {
+    pub first: GroupId,
+    pub last: GroupId,
+    pub groups: u64,
+    pub changed: u64,
+    pub rows_before: u64,
+    pub rows_after: u64,
+    pub skipped: Vec<(GroupId, SkipReason)>,
+}
+
+impl ChunkReport {
+    /// Add the report of the next slice of the same chunk.
+    fn extend(&mut self, next: ChunkReport) {
+        if self.groups == 0 {
+            self.first = next.first;
+        }
+        self.last = next.last;
+        self.groups += next.groups;
+        self.changed += next.changed;
+        self.rows_before += next.rows_before;
+        self.rows_after += next.rows_after;
+        self.skipped.extend(next.skipped);
+    }
+}

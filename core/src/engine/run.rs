@@ -1,0 +1,733 @@
+//! A `Run`: one room, processed chunk by chunk, each chunk in slices the memory budget
+//! allows. This is the step `compress_room`, `compress_database` and the worker share.
+
+use std::mem::size_of;
+use std::rc::Rc;
+use std::time::Instant;
+
+use super::memory::{charge_loaded, map_bytes, rewrite_bytes, vec_bytes, MemoryBudget};
+use super::{ChunkReport, Options, Summary, MAX_RESOLVE_HOPS};
+use crate::error::{Error, Result};
+use crate::hash::{FxHashMap, FxHashSet};
+use crate::levels::Levels;
+use crate::model::{GroupId, RawGroup};
+use crate::planner::{self, Broken, Decision, Input, Node, Planned, SkipReason};
+use crate::state::{Dictionary, State, ALLOC_OVERHEAD};
+use crate::store::{Chain, Rewrite, RoomExtent, Store};
+use crate::verify::{self, Base, Proposal};
+
+/// Groups in a run's first slice, before it has measured what a group costs (Synapse
+/// writes a snapshot every 100 groups, so this usually holds one).
+const FIRST_SLICE: usize = 100;
+/// A slice is at most this many times the last one (estimates are from the last).
+const SLICE_GROWTH: usize = 8;
+
+/// A group's place in the new tree, kept between chunks without its state.
+#[derive(Clone, Copy, Debug)]
+struct Placement {
+    prev: Option<GroupId>,
+    depth: u32,
+}
+
+/// A run's state before a chunk (see `Run::checkpoint`).
+pub struct Checkpoint {
+    levels: Levels,
+    memo: FxHashMap<GroupId, Placement>,
+    after: GroupId,
+    remaining: Option<u64>,
+    summary: Summary,
+    finished: bool,
+}
+
+/// A compression of one room in progress.
+pub struct Run {
+    room: String,
+    opts: Options,
+    levels: Levels,
+    memo: FxHashMap<GroupId, Placement>,
+    /// Strings interned so far in this run, and the last slice's nodes (with their
+    /// states) plus the level heads' ancestry: most lookups below a slice land there
+    /// instead of reloading a chain from the database. Both are caches, charged to the
+    /// budget and shed when a slice needs the room.
+    dict: Dictionary,
+    carry: FxHashMap<GroupId, Rc<Node>>,
+    carry_bytes: usize,
+    budget: MemoryBudget,
+    /// Bytes one group of the last slice cost, beyond what the run held before it.
+    group_cost: Option<usize>,
+    /// Groups of the last slice.
+    last_slice: usize,
+    /// `Store::tangled`, read at the first chunk (or handed over by the caller).
+    tangled: Option<Rc<FxHashSet<GroupId>>>,
+    after: GroupId,
+    upto: GroupId,
+    remaining: Option<u64>,
+    total: u64,
+    pub(super) summary: Summary,
+    pub(super) started: Instant,
+    finished: bool,
+}
+
+impl Run {
+    /// Start on a room with fresh levels. Groups created after this call are left alone.
+    pub fn start(store: &mut dyn Store, room: &str, opts: Options) -> Result<Run> {
+        opts.validate()?;
+        let upto = match store.room_extent(room)? {
+            RoomExtent::Unknown => return Err(Error::UnknownRoom(room.to_owned())),
+            RoomExtent::NoGroups => return Err(Error::NoStateGroups(room.to_owned())),
+            RoomExtent::Groups { max_id } => max_id,
+        };
+        let levels = Levels::new(&opts.levels);
+        let after = opts.after_group.unwrap_or(0);
+        let mut run = Self::resume(room, opts, levels, after, upto)?;
+        let mut total = store.count_groups(room, after, upto)?;
+        if let Some(m) = run.opts.max_groups {
+            total = total.min(m as u64);
+        }
+        run.total = total;
+        Ok(run)
+    }
+
+    /// Continue from saved levels after group `after`, up to group `upto`.
+    pub fn resume(
+        room: &str,
+        opts: Options,
+        levels: Levels,
+        after: GroupId,
+        upto: GroupId,
+    ) -> Result<Run> {
+        opts.validate()?;
+        let summary = Summary {
+            room_id: room.to_owned(),
+            dry_run: opts.dry_run,
+            ..Summary::default()
+        };
+        Ok(Run {
+            room: room.to_owned(),
+            remaining: opts.max_groups.map(|m| m as u64),
+            budget: MemoryBudget::new(opts.memory_limit),
+            opts,
+            levels,
+            memo: FxHashMap::default(),
+            dict: Dictionary::default(),
+            carry: FxHashMap::default(),
+            carry_bytes: 0,
+            group_cost: None,
+            last_slice: 0,
+            tangled: None,
+            after,
+            upto,
+            total: 0,
+            summary,
+            started: Instant::now(),
+            finished: false,
+        })
+    }
+
+    pub fn summary(&self) -> &Summary {
+        &self.summary
+    }
+    pub fn levels(&self) -> &Levels {
+        &self.levels
+    }
+    /// The last group processed (the next chunk starts after it).
+    pub fn position(&self) -> GroupId {
+        self.after
+    }
+    /// Groups this run will process in all (for progress reports; 0 when resumed).
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+    /// The run's memory accounting (its `peak` never passes its `limit`).
+    pub fn budget(&self) -> &MemoryBudget {
+        &self.budget
+    }
+
+    /// The groups this run leaves alone because a malformed group reaches them
+    /// (`Store::tangled`), once known; a caller running a room chunk by chunk in
+    /// separate `Run`s hands it on with `set_tangled` instead of reading it again.
+    pub fn tangled(&self) -> Option<Rc<FxHashSet<GroupId>>> {
+        self.tangled.clone()
+    }
+    pub fn set_tangled(&mut self, tangled: Rc<FxHashSet<GroupId>>) {
+        self.tangled = Some(tangled);
+    }
+
+    /// What a failed chunk must not leave behind: `restore` it to retry the chunk
+    /// after the database undid the chunk's writes (serialization failure, deadlock).
+    pub fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            levels: self.levels.clone(),
+            memo: self.memo.clone(),
+            after: self.after,
+            remaining: self.remaining,
+            summary: self.summary.clone(),
+            finished: self.finished,
+        }
+    }
+
+    pub fn restore(&mut self, cp: Checkpoint) {
+        self.shed();
+        self.levels = cp.levels;
+        self.memo = cp.memo;
+        self.after = cp.after;
+        self.remaining = cp.remaining;
+        self.summary = cp.summary;
+        self.finished = cp.finished;
+    }
+
+    /// Process the next chunk; `None` when the room is done.
+    pub fn step(&mut self, store: &mut dyn Store) -> Result<Option<ChunkReport>> {
+        if self.finished || self.remaining == Some(0) || self.after >= self.upto {
+            self.finished = true;
+            return Ok(None);
+        }
+        let want = match self.remaining {
+            Some(r) => (r as usize).min(self.opts.chunk_size),
+            None => self.opts.chunk_size,
+        };
+        if self.tangled.is_none() {
+            self.tangled = Some(Rc::new(store.tangled(&self.room)?));
+        }
+        let mut report = ChunkReport::default();
+        while (report.groups as usize) < want && self.after < self.upto {
+            if report.groups > 0 {
+                store.check_interrupts();
+            }
+            let asked = want - report.groups as usize;
+            match self.slice(store, asked)? {
+                None => break,
+                Some((slice, loaded)) => {
+                    report.extend(slice);
+                    if loaded < asked {
+                        break; // the room ends here
+                    }
+                }
+            }
+        }
+        if report.groups == 0 {
+            self.finished = true;
+            return Ok(None);
+        }
+        let s = &mut self.summary;
+        s.chunks += 1;
+        s.state_groups += report.groups;
+        s.groups_changed += report.changed;
+        s.groups_skipped += report.skipped.len() as u64;
+        s.rows_before += report.rows_before;
+        s.rows_after += report.rows_after;
+        s.elapsed_ms = self.started.elapsed().as_millis() as u64;
+        Ok(Some(report))
+    }
+
+    /// Drop the caches: the nodes carried between slices and the dictionary (which
+    /// only they refer to between slices).
+    fn shed(&mut self) {
+        self.carry = FxHashMap::default();
+        self.carry_bytes = 0;
+        self.dict = Dictionary::default();
+    }
+
+    /// What the run keeps between slices.
+    fn held_bytes(&self) -> usize {
+        let tangled = self
+            .tangled
+            .as_ref()
+            .map_or(0, |t| map_bytes::<GroupId, ()>(t.capacity()));
+        self.dict.heap_bytes()
+            + self.carry_bytes
+            + map_bytes::<GroupId, Placement>(self.memo.capacity())
+            + tangled
+    }
+
+    /// Groups for the next slice of at most `max`: as many as the last slice's cost per
+    /// group says fit in what the budget leaves free.
+    fn slice_size(&self, max: usize) -> usize {
+        let n = match self.group_cost {
+            None => FIRST_SLICE,
+            Some(cost) => {
+                let free = self.budget.limit().saturating_sub(self.held_bytes());
+                (free * 3 / 4 / cost.max(1)).min(self.last_slice.max(1) * SLICE_GROWTH)
+            }
+        };
+        n.clamp(1, max)
+    }
+
+    /// Process the next slice of at most `max` groups, smaller if memory needs it:
+    /// a slice that does not fit is retried after shedding the caches, then with half
+    /// the groups; one group that does not fit alone fails the run. Returns the report
+    /// and how many groups were asked for (`None`: no group left).
+    fn slice(&mut self, store: &mut dyn Store, max: usize) -> Result<Option<(ChunkReport, usize)>> {
+        let mut n = self.slice_size(max);
+        loop {
+            // Caches may take at most half the budget before a slice.
+            if self.held_bytes() > self.budget.limit() / 2 {
+                self.shed();
+            }
+            let clean = self.carry.is_empty() && self.dict.is_empty();
+            let levels = self.levels.clone();
+            match self.process(store, n) {
+                Ok(Some(report)) => {
+                    self.summary.slices += 1;
+                    self.summary.memory_peak = self.budget.peak() as u64;
+                    return Ok(Some((report, n)));
+                }
+                Ok(None) => return Ok(None),
+                Err(Error::MemoryLimit {
+                    group,
+                    needed,
+                    limit,
+                }) => {
+                    // Nothing of the slice was written or kept but the levels it moved.
+                    self.levels = levels;
+                    self.shed();
+                    self.summary.memory_peak = self.budget.peak() as u64;
+                    if clean {
+                        if n == 1 {
+                            return Err(Error::MemoryLimit {
+                                group,
+                                needed,
+                                limit,
+                            });
+                        }
+                        n /= 2;
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Load, resolve, plan, verify and write one slice of at most `n` groups. Fails
+    /// with `Error::MemoryLimit` before anything is written if the slice does not fit;
+    /// then only the levels (restored by the caller) and the caches have changed.
+    fn process(&mut self, store: &mut dyn Store, n: usize) -> Result<Option<ChunkReport>> {
+        self.budget.rebase(self.held_bytes())?;
+        let held = self.budget.used();
+        let chunk = store.load_chunk(&self.room, self.after, self.upto, n)?;
+        if chunk.groups.is_empty() {
+            return Ok(None);
+        }
+        let first = chunk.groups[0].id;
+        let named = |e: Error| match e {
+            Error::MemoryLimit {
+                group: None,
+                needed,
+                limit,
+            } => Error::MemoryLimit {
+                group: Some(first),
+                needed,
+                limit,
+            },
+            e => e,
+        };
+        let report = self.plan_and_write(store, chunk).map_err(named)?;
+        // What a group cost beyond what the run held before the slice.
+        let cost = self.budget.recent_peak().saturating_sub(held);
+        self.group_cost = Some(cost.div_ceil(report.groups as usize));
+        self.last_slice = report.groups as usize;
+        Ok(Some(report))
+    }
+
+    fn plan_and_write(
+        &mut self,
+        store: &mut dyn Store,
+        chunk: crate::store::Chunk,
+    ) -> Result<ChunkReport> {
+        let raw = charge_loaded(&mut self.budget, &chunk.groups)?;
+        let n = chunk.groups.len();
+        // Per group: its input, its state in a map, its node in the plan.
+        self.budget.charge(
+            vec_bytes::<Input>(n)
+                + vec_bytes::<u64>(n)
+                + map_bytes::<GroupId, Option<Rc<State>>>(2 * n)
+                + map_bytes::<GroupId, Rc<Node>>(2 * n)
+                + n * (size_of::<Node>() + size_of::<Planned>() + 2 * size_of::<usize>())
+                + n * ALLOC_OVERHEAD,
+        )?;
+        let dict_bytes = self.dict.heap_bytes();
+        let mut outside = Outside {
+            room: &self.room,
+            memo: &self.memo,
+            carry: &self.carry,
+            cache: FxHashMap::default(),
+            dict: &mut self.dict,
+            budget: &mut self.budget,
+            dict_bytes,
+        };
+
+        // Resolve every group's stored state, in id order, from its predecessor's.
+        let mut states: FxHashMap<GroupId, Option<Rc<State>>> = FxHashMap::default();
+        let mut inputs = Vec::with_capacity(n);
+        let mut raw_rows = Vec::with_capacity(n);
+        let mut report = ChunkReport {
+            first: chunk.groups[0].id,
+            last: chunk.groups[n - 1].id,
+            groups: n as u64,
+            ..ChunkReport::default()
+        };
+        let tangled = self.tangled.clone().unwrap_or_default();
+        for (g, bytes) in chunk.groups.into_iter().zip(raw) {
+            raw_rows.push(g.rows.len() as u64);
+            report.rows_before += g.rows.len() as u64;
+            let input = match resolve_group(store, &mut outside, &states, &g)? {
+                Ok((orig_prev, own, state)) => {
+                    states.insert(g.id, Some(state.clone()));
+                    let skip = if chunk.frozen.contains(&g.id) {
+                        Some(SkipReason::Frozen)
+                    } else if tangled.contains(&g.id) {
+                        Some(SkipReason::Tangled)
+                    } else {
+                        None
+                    };
+                    Input {
+                        id: g.id,
+                        orig_prev,
+                        own,
+                        state: Some(state),
+                        skip,
+                    }
+                }
+                Err(why) => {
+                    states.insert(g.id, None);
+                    Input {
+                        id: g.id,
+                        orig_prev: None,
+                        own: State::default(),
+                        state: None,
+                        skip: Some(SkipReason::Broken(why)),
+                    }
+                }
+            };
+            inputs.push(input);
+            drop(g);
+            outside.budget.release(bytes);
+        }
+        drop(states);
+
+        let plan =
+            planner::plan_chunk(&inputs, &mut self.levels, &mut |id| outside.node(store, id))?;
+
+        // Verify every rewrite against the original state before anything is written.
+        let max_hops = self.levels.spec().max_hops();
+        let mut rewrites = Vec::new();
+        let mut forced = 0;
+        for ((p, input), raw) in plan.planned.iter().zip(&inputs).zip(&raw_rows) {
+            match &p.decision {
+                Decision::Skip(reason) => {
+                    report.skipped.push((p.id, reason.clone()));
+                    report.rows_after += raw;
+                }
+                Decision::Keep => report.rows_after += raw,
+                Decision::Rewrite {
+                    prev,
+                    delta,
+                    forced_snapshot,
+                } => {
+                    let target = input.state.as_deref().expect("planned groups have state");
+                    let base_node = match prev {
+                        Some(b) => Some(match plan.nodes.get(b) {
+                            Some(n) => n.clone(),
+                            None => outside.node(store, *b)?,
+                        }),
+                        None => None,
+                    };
+                    let base = base_node.as_ref().map(|n| Base {
+                        state: &n.state,
+                        depth: n.depth,
+                    });
+                    let proposal = Proposal {
+                        group: p.id,
+                        prev: *prev,
+                        delta,
+                        target,
+                    };
+                    // The check rebuilds the state through the base.
+                    let check = base.as_ref().map_or(0, |b| {
+                        State::default().heap_bytes()
+                            + vec_bytes::<(u32, u32)>(b.state.len() + delta.len())
+                    });
+                    outside.budget.charge(check)?;
+                    let depth = verify::check_rewrite(&proposal, base, max_hops)?;
+                    outside.budget.release(check);
+                    debug_assert_eq!(depth, plan.nodes[&p.id].depth);
+                    forced += u64::from(*forced_snapshot);
+                    report.changed += 1;
+                    report.rows_after += delta.len() as u64;
+                    let text: usize = delta
+                        .entries()
+                        .iter()
+                        .map(|&(k, e)| {
+                            let (t, s) = outside.dict.key_text(k);
+                            t.len() + s.len() + outside.dict.event_text(e).len()
+                        })
+                        .sum();
+                    outside.budget.charge(rewrite_bytes(delta.len(), text))?;
+                    rewrites.push(Rewrite {
+                        group: p.id,
+                        prev: *prev,
+                        rows: delta.rows(outside.dict),
+                    });
+                }
+            }
+        }
+        outside
+            .budget
+            .charge(vec_bytes::<Rewrite>(rewrites.capacity()))?;
+        drop(outside);
+
+        // Nothing can fail for memory from here: the slice is written.
+        if !self.opts.dry_run && !rewrites.is_empty() {
+            store.write_chunk(&self.room, &rewrites)?;
+            let ids: Vec<GroupId> = rewrites.iter().map(|r| r.group).collect();
+            let stored = store.read_back(&ids)?;
+            verify::check_read_back(&rewrites, &stored)?;
+        }
+        drop(rewrites);
+        self.summary.forced_snapshots += forced;
+        let chunk_max = plan.nodes.values().map(|n| n.depth).max().unwrap_or(0);
+        self.summary.max_chain_after = self.summary.max_chain_after.max(chunk_max);
+        self.after = report.last;
+        if let Some(r) = self.remaining.as_mut() {
+            *r -= report.groups;
+        }
+
+        // Remember placements this slice made, then forget all but what later slices
+        // can reach: the level heads' ancestors and this slice's groups.
+        for (id, n) in &plan.nodes {
+            self.memo.insert(
+                *id,
+                Placement {
+                    prev: n.prev,
+                    depth: n.depth,
+                },
+            );
+        }
+        let mut keep: FxHashSet<GroupId> = plan.nodes.keys().copied().collect();
+        let mut walked: FxHashSet<GroupId> = FxHashSet::default();
+        for head in self.levels.heads() {
+            let mut cur = Some(head);
+            while let Some(id) = cur.filter(|id| walked.insert(*id)) {
+                keep.insert(id);
+                cur = self.memo.get(&id).and_then(|p| p.prev);
+            }
+        }
+        // A dry run writes nothing, so the database still holds the old tree: it keeps
+        // every placement, since the planner may base a group on any earlier group of
+        // its branch.
+        if !self.opts.dry_run {
+            self.memo.retain(|id, _| keep.contains(id));
+        }
+        self.carry_over(plan.nodes, &keep);
+        Ok(report)
+    }
+
+    /// Keep this slice's nodes and the level heads' ancestry for the next slice, as
+    /// much of it as a quarter of the budget holds: the heads' ancestry first (the
+    /// next slice's level choices), then the rest.
+    fn carry_over(&mut self, nodes: FxHashMap<GroupId, Rc<Node>>, keep: &FxHashSet<GroupId>) {
+        let share = self.budget.limit() / 4;
+        let mut carry: FxHashMap<GroupId, Rc<Node>> = FxHashMap::default();
+        let mut seen: FxHashSet<*const State> = FxHashSet::default();
+        let mut bytes = 0;
+        let mut add = |carry: &mut FxHashMap<GroupId, Rc<Node>>, id: GroupId, n: &Rc<Node>| {
+            let mut cost = size_of::<Node>() + 2 * size_of::<usize>() + ALLOC_OVERHEAD;
+            if seen.insert(Rc::as_ptr(&n.state)) {
+                cost += n.state.heap_bytes() + 2 * size_of::<usize>() + ALLOC_OVERHEAD;
+            }
+            let total = bytes + cost + map_bytes::<GroupId, Rc<Node>>(2 * (carry.len() + 1));
+            if total > share {
+                return false;
+            }
+            bytes += cost;
+            carry.insert(id, n.clone());
+            true
+        };
+        for id in keep {
+            if let Some(n) = nodes.get(id).or_else(|| self.carry.get(id)) {
+                if !add(&mut carry, *id, n) {
+                    break;
+                }
+            }
+        }
+        for (id, n) in &nodes {
+            if !carry.contains_key(id) && !add(&mut carry, *id, n) {
+                break;
+            }
+        }
+        self.carry_bytes = bytes + map_bytes::<GroupId, Rc<Node>>(carry.capacity());
+        self.carry = carry;
+    }
+}
+
+/// One group of a slice, resolved from its own rows and its predecessor's state: its
+/// stored predecessor, own state and state, or why its state is not well defined.
+type Resolved = std::result::Result<(Option<GroupId>, State, Rc<State>), Broken>;
+
+fn resolve_group(
+    store: &mut dyn Store,
+    outside: &mut Outside,
+    states: &FxHashMap<GroupId, Option<Rc<State>>>,
+    g: &RawGroup,
+) -> Result<Resolved> {
+    let own = State::from_rows(outside.dict, &g.rows);
+    outside.charge_dict()?;
+    let Ok(own) = own else {
+        return Ok(Err(Broken::ConflictingRows));
+    };
+    let prev = match g.prevs.as_slice() {
+        [] => None,
+        [p] if *p < g.id => Some(*p),
+        [p] => return Ok(Err(Broken::PredecessorNotLower(*p))),
+        _ => return Ok(Err(Broken::SeveralPredecessors(g.prevs.len()))),
+    };
+    let state = match prev {
+        None => own.clone(),
+        Some(p) => {
+            let base = match states.get(&p) {
+                Some(Some(s)) => s.clone(),
+                Some(None) => return Ok(Err(Broken::PredecessorBroken(p))),
+                None => match outside.lookup(store, p)? {
+                    Ok(node) => node.state.clone(),
+                    Err(why) => return Ok(Err(why)),
+                },
+            };
+            base.overlay(&own)
+        }
+    };
+    let rc = 2 * size_of::<usize>() + ALLOC_OVERHEAD;
+    outside
+        .budget
+        .charge(own.heap_bytes() + state.heap_bytes() + rc)?;
+    Ok(Ok((prev, own, Rc::new(state))))
+}
+
+/// Groups below the current slice, resolved from the database once per slice. Their
+/// place in the new tree comes from the run's memory when it has it (a dry run never
+/// wrote it), else from the stored edges.
+struct Outside<'a> {
+    room: &'a str,
+    memo: &'a FxHashMap<GroupId, Placement>,
+    carry: &'a FxHashMap<GroupId, Rc<Node>>,
+    cache: FxHashMap<GroupId, std::result::Result<Rc<Node>, Broken>>,
+    dict: &'a mut Dictionary,
+    budget: &'a mut MemoryBudget,
+    /// What the dictionary held when last charged.
+    dict_bytes: usize,
+}
+
+impl Outside<'_> {
+    /// Charge what the dictionary grew by since last charged.
+    fn charge_dict(&mut self) -> Result<()> {
+        let now = self.dict.heap_bytes();
+        if now > self.dict_bytes {
+            self.budget.charge(now - self.dict_bytes)?;
+            self.dict_bytes = now;
+        }
+        Ok(())
+    }
+
+    /// The group as a candidate base; one whose state is not well defined is unusable.
+    fn node(&mut self, store: &mut dyn Store, id: GroupId) -> Result<Rc<Node>> {
+        Ok(self.lookup(store, id)?.unwrap_or_else(|_| {
+            Rc::new(Node {
+                state: Rc::new(State::default()),
+                depth: 0,
+                prev: None,
+                usable: false,
+            })
+        }))
+    }
+
+    /// The group's node, or why its stored state is not well defined.
+    fn lookup(
+        &mut self,
+        store: &mut dyn Store,
+        id: GroupId,
+    ) -> Result<std::result::Result<Rc<Node>, Broken>> {
+        if let Some(found) = self.cache.get(&id) {
+            return Ok(found.clone());
+        }
+        if let Some(node) = self.carry.get(&id) {
+            return Ok(Ok(node.clone()));
+        }
+        let chain = store.load_chain(id, MAX_RESOLVE_HOPS)?;
+        let raw: usize = charge_loaded(self.budget, &chain.groups)?.iter().sum();
+        let in_room = chain.groups.first().and_then(|g| g.room_id.as_deref()) == Some(self.room);
+        let folded = fold_chain(self.dict, &chain, id);
+        drop(chain);
+        self.budget.release(raw);
+        self.charge_dict()?;
+        let found = folded.map(|(state, depth, prev, usable)| {
+            let mut node = Node {
+                state: Rc::new(state),
+                depth,
+                prev,
+                usable: usable && in_room,
+            };
+            if let Some(p) = self.memo.get(&id) {
+                node.prev = p.prev;
+                node.depth = p.depth;
+            }
+            Rc::new(node)
+        });
+        let state = found.as_ref().map_or(0, |n| n.state.heap_bytes());
+        self.budget.charge(
+            state
+                + size_of::<Node>()
+                + 4 * size_of::<usize>()
+                + 2 * ALLOC_OVERHEAD
+                + 2 * size_of::<(GroupId, std::result::Result<Rc<Node>, Broken>)>(),
+        )?;
+        self.cache.insert(id, found.clone());
+        Ok(found)
+    }
+}
+
+/// Resolve a stored chain as Synapse reads it: per key, the row of the highest group.
+/// Only chains where that equals "nearest group wins" are accepted (single edges,
+/// strictly decreasing ids); anything else is reported, not guessed. Returns the
+/// state, depth, predecessor, and whether the group is not frozen.
+fn fold_chain(
+    dict: &mut Dictionary,
+    chain: &Chain,
+    id: GroupId,
+) -> std::result::Result<(State, u32, Option<GroupId>, bool), Broken> {
+    let gs = &chain.groups;
+    if gs.first().map(|g| g.id) != Some(id) {
+        return Err(Broken::NotLoaded(id));
+    }
+    for (i, g) in gs.iter().enumerate() {
+        match g.prevs.as_slice() {
+            [] if i + 1 == gs.len() => {}
+            [] => return Err(Broken::InconsistentChain),
+            [p] if *p >= g.id => {
+                return Err(Broken::ChainPredecessorNotLower {
+                    group: g.id,
+                    prev: *p,
+                })
+            }
+            [p] if gs.get(i + 1).map(|n| n.id) == Some(*p) => {}
+            [_] => return Err(Broken::CyclicOrTooLong(id)),
+            _ => {
+                return Err(Broken::ChainSeveralPredecessors {
+                    group: g.id,
+                    count: g.prevs.len(),
+                })
+            }
+        }
+    }
+    let mut state = State::default();
+    for g in gs.iter().rev() {
+        let own =
+            State::from_rows(dict, &g.rows).map_err(|_| Broken::ChainConflictingRows(g.id))?;
+        state = state.overlay(&own);
+    }
+    let usable = !chain.head_frozen;
+    Ok((
+        state,
+        (gs.len() - 1) as u32,
+        gs[0].prevs.first().copied(),
+        usable,
+    ))
+}

@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# The memory ceiling in the database (issue 10, part 2): compress_room on rooms whose
+# state is 50,000 and 200,000 members, under synapse_compress.memory_limit 64MB and
+# 128MB, with the backend's private memory (RssAnon) sampled every 20 ms.
+#
+# Passes when, for every room and limit:
+#   - the run either wrote and every group resolves as before, with the backend's
+#     peak RssAnon <= limit + MEMORY_OVERHEAD_MB; or failed with SQLSTATE 53200 (one
+#     group's state does not fit the limit) with the tables byte for byte unchanged;
+#   - at least one limit per room wrote (so the peak was measured on real work);
+# and a limit of 1MB fails with SQLSTATE 53200, nothing written, on every room.
+# Prints a table: room members, limit, outcome, peak RssAnon MB, time.
+#
+# Env: PG_CONFIG, MEMORY_DIR, MEMORY_PORT, MEMORY_ROOMS (members, space-separated),
+# MEMORY_LIMITS (MB), MEMORY_GROUPS (groups per room: a snapshot every 100; with the
+# default levels the first group rewritten is the third snapshot, 201),
+# MEMORY_OVERHEAD_MB (the fixed overhead the README states).
+set -uo pipefail
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$ROOT"
+export PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
+BIN=$("$PG_CONFIG" --bindir)
+DIR=${MEMORY_DIR:-/tmp/synapse_compress/memory}
+PORT=${MEMORY_PORT:-55441}
+ROOMS=${MEMORY_ROOMS:-"50000 200000"}
+LIMITS=${MEMORY_LIMITS:-"64 128"}
+NGROUPS=${MEMORY_GROUPS:-205}
+OVERHEAD_MB=${MEMORY_OVERHEAD_MB:-64}
+WORK=$(mktemp -d /tmp/sc-memory-test.XXXXXX)
+chmod a+rx "$WORK"
+
+bash scripts/cluster.sh start "$DIR" "$PORT" >/dev/null || exit 1
+eval "$(bash scripts/cluster.sh env "$DIR" "$PORT")"
+trap 'bash scripts/cluster.sh stop "$DIR" >/dev/null 2>&1; rm -rf "$WORK"' EXIT
+psql() { "$BIN/psql" -X -q -v ON_ERROR_STOP=1 "$@"; }
+
+failures=0
+fail() { echo "FAILED: $*"; failures=$((failures + 1)); }
+
+# A room of MEMBERS members joined over federation, then one join per group; Synapse
+# writes a snapshot every 100 groups, deltas of one row between.
+load_room() {
+    local db=$1 members=$2 room=$3
+    psql -d "$db" -v members="$members" -v ngroups="$NGROUPS" -v room="$room" <<'SQL'
+INSERT INTO state_groups (id, room_id, event_id)
+  SELECT g, :'room', '$sg' || g FROM generate_series(1, :ngroups) g;
+INSERT INTO state_group_edges (state_group, prev_state_group)
+  SELECT g, g - 1 FROM generate_series(2, :ngroups) g WHERE (g - 1) % 100 <> 0;
+INSERT INTO state_groups_state (state_group, room_id, type, state_key, event_id)
+  SELECT s, :'room', 'm.room.create', '', '$create' FROM generate_series(1, :ngroups, 100) s
+  UNION ALL
+  SELECT s, :'room', 'm.room.member', '@user' || i || ':example.org',
+         '$' || md5(i::text) || 'AbCdEfGhIjK'
+  FROM generate_series(1, :ngroups, 100) s, generate_series(1, :members) i
+  UNION ALL
+  SELECT s, :'room', 'm.room.member', '@user' || (:members + j) || ':example.org',
+         '$' || md5((:members + j)::text) || 'AbCdEfGhIjK'
+  FROM generate_series(1, :ngroups, 100) s, generate_series(2, s) j
+  UNION ALL
+  SELECT g, :'room', 'm.room.member', '@user' || (:members + g) || ':example.org',
+         '$' || md5((:members + g)::text) || 'AbCdEfGhIjK'
+  FROM generate_series(2, :ngroups) g WHERE (g - 1) % 100 <> 0;
+SELECT setval('state_group_id_seq', :ngroups);
+SQL
+}
+
+# Run compress_room in DB under LIMIT while sampling its backend's RssAnon. Sets
+# RC, PEAK_KB, BASE_KB (the backend's RssAnon just before), and leaves psql's output
+# in $WORK/out, its errors in $WORK/err.
+measure() {
+    local db=$1 limit=$2 room=$3
+    rm -f "$WORK"/{pid,peak,stop,out,err}
+    psql -d "$db" -At -v VERBOSITY=verbose -v room="$room" >"$WORK/out" 2>"$WORK/err" <<SQL &
+\o $WORK/pid
+SELECT pg_backend_pid();
+\o
+SELECT pg_sleep(0.5);
+SET synapse_compress.memory_limit = '$limit';
+SELECT written, state_groups, rows_before, rows_after, elapsed_ms
+FROM compress_room(:'room');
+SQL
+    local client=$!
+    for _ in $(seq 100); do [ -s "$WORK/pid" ] && break; sleep 0.05; done
+    local pid; pid=$(tr -dc 0-9 <"$WORK/pid")
+    BASE_KB=$(awk '/^RssAnon:/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+    bash scripts/peak-rss.sh "$pid" "$WORK/peak" "$WORK/stop" &
+    local sampler=$!
+    wait "$client"; RC=$?
+    touch "$WORK/stop"; wait "$sampler"
+    PEAK_KB=$(cat "$WORK/peak" 2>/dev/null || echo 0)
+}
+
+digest() { psql -d "$1" -At -c "SELECT sc_test.raw_digest()"; }
+
+printf '%-9s %-6s %-8s %-9s %-9s %-8s %s\n' members limit outcome peak_MB base_MB time_s rows
+for members in $ROOMS; do
+    room="!mem${members}:example.org"
+    tmpl="mem_${members}"
+    bash scripts/cluster.sh createdb "$DIR" "$PORT" "$tmpl" >/dev/null || exit 1
+    psql -d "$tmpl" -c "CREATE EXTENSION synapse_compress" -f pgrx-tests/lib.sql >/dev/null || exit 1
+    load_room "$tmpl" "$members" "$room" >/dev/null || exit 1
+    psql -d "$tmpl" -c "VACUUM ANALYZE" -c "CALL sc_test.snapshot()" || exit 1
+    before=$(digest "$tmpl")
+    wrote=0
+    for limit in $LIMITS 1; do
+        db="${tmpl}_${limit}"
+        psql -d postgres -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db TEMPLATE $tmpl"
+        measure "$db" "${limit}MB" "$room"
+        peak_mb=$(( (PEAK_KB + 1023) / 1024 )) base_mb=$(( (BASE_KB + 1023) / 1024 ))
+        if [ "$RC" = 0 ]; then
+            IFS='|' read -r written groups rows_before rows_after ms < <(tail -n 1 "$WORK/out")
+            outcome=written
+            [ "$written" = t ] || outcome=not_written
+            printf '%-9s %-6s %-8s %-9s %-9s %-8s %s\n' "$members" "${limit}MB" "$outcome" \
+                "$peak_mb" "$base_mb" "$(awk -v m="$ms" 'BEGIN {printf "%.1f", m / 1000}')" \
+                "$rows_before->$rows_after"
+            [ "$limit" = 1 ] && fail "$members members: 1MB did not fail with 53200"
+            [ "$written" = t ] || fail "$members members, ${limit}MB: nothing written"
+            wrote=$((wrote + 1))
+            psql -d "$db" -c "CALL sc_test.assert_same_state()" \
+                || fail "$members members, ${limit}MB: a group's state changed"
+            [ "$PEAK_KB" -le $(( (limit + OVERHEAD_MB) * 1024 )) ] \
+                || fail "$members members, ${limit}MB: peak RssAnon $peak_mb MB > limit + $OVERHEAD_MB MB"
+        elif grep -q "ERROR:  53200" "$WORK/err"; then
+            printf '%-9s %-6s %-8s %-9s %-9s %-8s %s\n' "$members" "${limit}MB" 53200 \
+                "$peak_mb" "$base_mb" - -
+            grep -m1 "ERROR:" "$WORK/err" | sed 's/^/    /'
+            grep -q "HINT:  .*synapse_compress.memory_limit" "$WORK/err" \
+                || fail "$members members, ${limit}MB: 53200 without a hint naming the setting"
+            [ "$(digest "$db")" = "$before" ] \
+                || fail "$members members, ${limit}MB: failed with 53200 but wrote"
+            [ "$PEAK_KB" -le $(( (limit + OVERHEAD_MB) * 1024 )) ] \
+                || fail "$members members, ${limit}MB: peak RssAnon $peak_mb MB > limit + $OVERHEAD_MB MB"
+        else
+            fail "$members members, ${limit}MB: psql failed"
+            cat "$WORK/err"
+        fi
+        psql -d postgres -c "DROP DATABASE $db"
+    done
+    [ "$wrote" -ge 1 ] || fail "$members members: no limit wrote, no peak measured on real work"
+    psql -d postgres -c "DROP DATABASE $tmpl"
+done
+if [ "$failures" = 0 ]; then echo "memory: ok"; else echo "memory: $failures failures"; fi
+[ "$failures" = 0 ]
