@@ -101,6 +101,8 @@ d=$TREE; while [ "$d" != / ]; do chmod a+x "$d" 2>/dev/null; d=$(dirname "$d"); 
 LIBDIR=$("$PRIVATE" --pkglibdir)
 EXTDIR=$("$PRIVATE" --sharedir)/extension
 [ "$LIBDIR" != "$("$PG_CONFIG" --pkglibdir)" ] || die "$PRIVATE does not report relocated paths"
+# Only the releases under test: no synapse_compress file the copied server had.
+rm -f "$LIBDIR"/synapse_compress* "$EXTDIR"/synapse_compress*
 # The private server: cluster.sh and psql use it from here on.
 export PG_CONFIG=$PRIVATE
 export PATH="$("$PRIVATE" --bindir):$PATH"
