@@ -110,23 +110,27 @@ test-upgrade: install build
 	@$(call SAY_PG,upgrade)
 	$(WITH_PG) bash pgrx-tests/upgrade/run.sh
 
-# Install the package `make package` writes (a .deb on 15, a tarball on a wheel's
-# major), CREATE EXTENSION, compress a room, uninstall. On 15 this installs into the
-# system PostgreSQL and removes it again (dpkg -i / dpkg -r).
-test-package: package build
+# The package of this major (a .deb on 15, a tarball on a wheel's major): install it,
+# CREATE EXTENSION, compress a room, uninstall. On 15 this installs into the system
+# PostgreSQL and removes it again (dpkg -i / dpkg -r), putting back what was there.
+test-package: setup build
 	@$(call SAY_PG,package)
-	$(WITH_PG) bash scripts/package-test.sh
+	bash scripts/package.sh $(PG)
+	$(WITH_PG) bash scripts/package-test.sh $(if $(filter 15,$(PG)),deb,tarball $(PG))
 
-# The SQL cases and the worker suite on the other majors with a server here; each
-# builds the extension for its major once.
+# The SQL cases and the worker suite on the other majors with a server here, and the
+# 18 tarball. Each major's steps run together: one build of the extension each
+# (cargo keeps one cdylib per target dir, so switching majors back and forth relinks).
 test-other-majors:
 	$(MAKE) --no-print-directory test-e2e test-worker PG=16 PG_CONFIG=$(call pg_config_of,16)
-	$(MAKE) --no-print-directory test-e2e test-worker PG=18 PG_CONFIG=$(call pg_config_of,18)
+	$(MAKE) --no-print-directory test-e2e test-worker test-package PG=18 PG_CONFIG=$(call pg_config_of,18)
 
 # dist/: a .deb for a Debian server (postgresql-15-synapse-compress_<version>-1_amd64.deb),
 # a tarball (lib/ + extension/) for any other (synapse-compress-<version>-pg<major>.tar.gz).
+#   make package PACKAGE_MAJORS=15      only the .deb
+PACKAGE_MAJORS ?= 15 16 18
 package: setup
-	bash scripts/package.sh
+	bash scripts/package.sh $(PACKAGE_MAJORS)
 
 # The main job on a throwaway cluster: a generated Synapse room compressed.
 demo: install build

@@ -189,11 +189,11 @@ check "state_compressor_* tables are not members of the extension" test "$(q -c 
 schema_sql="
 SELECT pg_describe_object(d.classid, d.objid, d.objsubid) || coalesce(' ' || (
     CASE d.classid
-    WHEN 'pg_proc'::regclass THEN (SELECT p.prokind || ' ' || pg_get_function_identity_arguments(p.oid)
-        || ' -> ' || pg_get_function_result(p.oid) || ' ' || p.provolatile || p.proparallel
+    WHEN 'pg_proc'::regclass THEN (SELECT p.prokind::text || ' ' || pg_get_function_identity_arguments(p.oid)
+        || ' -> ' || pg_get_function_result(p.oid) || ' ' || p.provolatile::text || p.proparallel::text
         || ' ' || coalesce(array_to_string(p.proconfig, ','), '') || ' ' || md5(p.prosrc)
         FROM pg_proc p WHERE p.oid = d.objid)
-    WHEN 'pg_class'::regclass THEN (SELECT c.relkind || ' ' || coalesce(md5(pg_get_viewdef(c.oid)), '')
+    WHEN 'pg_class'::regclass THEN (SELECT c.relkind::text || ' ' || coalesce(md5(pg_get_viewdef(c.oid)), '')
         || ' ' || (SELECT string_agg(a.attname || ':' || format_type(a.atttypid, a.atttypmod)
                    || CASE WHEN a.attnotnull THEN '!' ELSE '' END
                    || coalesce('=' || pg_get_expr(ad.adbin, ad.adrelid), ''), ',' ORDER BY a.attnum)
@@ -206,13 +206,13 @@ WHERE e.extname = 'synapse_compress' AND d.deptype = 'e'
   AND NOT (d.classid = 'pg_class'::regclass
            AND d.objid IN (SELECT oid FROM pg_class WHERE relname IN ($TOOL_TABLES)))
 ORDER BY 1"
-q -c "$schema_sql" >"$DIR.schema-upgraded"
+q -c "$schema_sql" >"$DIR.schema-upgraded" || fail "listing the upgraded schema (log: $LOG)"
 bash scripts/cluster.sh createdb "$DIR" "$PORT" fresh >>"$LOG" 2>&1 || die "createdb fresh"
 QDB=fresh q -c "CREATE EXTENSION synapse_compress" >/dev/null || die "CREATE EXTENSION (fresh $NEW_VERSION)"
-QDB=fresh q -c "$schema_sql" >"$DIR.schema-fresh"
+QDB=fresh q -c "$schema_sql" >"$DIR.schema-fresh" || fail "listing the fresh schema (log: $LOG)"
 check "upgraded schema = fresh $NEW_VERSION schema ($(wc -l <"$DIR.schema-fresh") objects)" \
-    diff -u "$DIR.schema-fresh" "$DIR.schema-upgraded"
-QDB=fresh q -c "SELECT 1" >/dev/null && q -c "DROP DATABASE fresh" >/dev/null
+    bash -c "[ -s '$DIR.schema-fresh' ] && diff -u '$DIR.schema-fresh' '$DIR.schema-upgraded'"
+q -c "DROP DATABASE fresh" >/dev/null
 
 # ---- 5. compress on ------------------------------------------------------------------
 q -c "SELECT synapse_compress.resume()" >/dev/null
