@@ -42,15 +42,17 @@ works() {
         "$GEN" --preset small --seed 72 --first-id 500000 | psql -X -q -v ON_ERROR_STOP=1 -d "$db" >/dev/null
     ) >>"$LOG" 2>&1 || { fail "$what: database with generated rooms (log: $LOG)"; return; }
     eval "$(bash scripts/cluster.sh env "$DIR" "$PORT")"
-    local psql=("$("$PG_CONFIG" --bindir)/psql" -X -At -v ON_ERROR_STOP=1 -d "$db")
+    local psql=("$("$PG_CONFIG" --bindir)/psql" -X -q -At -v ON_ERROR_STOP=1 -d "$db")
+    # answers WANT PSQL-ARGS...: psql succeeds and prints exactly WANT.
+    answers() { local want=$1 out; shift; out=$("${psql[@]}" "$@") && [ "$out" = "$want" ]; }
     check "$what: CREATE EXTENSION synapse_compress (version $VERSION)" \
-        test "$("${psql[@]}" -q -c "CREATE EXTENSION synapse_compress" -f pgrx-tests/lib.sql \
-              -c "SELECT extversion FROM pg_extension WHERE extname = 'synapse_compress'" 2>>"$LOG")" = "$VERSION"
+        answers "$VERSION" -c "CREATE EXTENSION synapse_compress" -f pgrx-tests/lib.sql \
+            -c "SELECT extversion FROM pg_extension WHERE extname = 'synapse_compress'"
     room=$("${psql[@]}" -c "SELECT room_id FROM state_groups GROUP BY 1 ORDER BY count(*) DESC LIMIT 1" 2>>"$LOG")
     check "$what: compress_room wrote, every group's state kept" \
-        test "$("${psql[@]}" -c "CALL sc_test.snapshot()" \
-              -c "SELECT written AND rows_after < rows_before FROM compress_room('$room')" \
-              -c "CALL sc_test.assert_same_state()" 2>>"$LOG")" = t
+        answers t -c "CALL sc_test.snapshot()" \
+            -c "SELECT written AND rows_after < rows_before FROM compress_room('$room')" \
+            -c "CALL sc_test.assert_same_state()"
     bash scripts/cluster.sh stop "$DIR" >/dev/null 2>&1
     rm -rf "$DIR"
 }
