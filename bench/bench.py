@@ -33,8 +33,16 @@ import psycopg2
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GEN = os.path.join(ROOT, "target/release/synapse-compress-gen")
-PSQL = "/usr/lib/postgresql/15/bin/psql"
-LIBRARY = "/usr/lib/postgresql/15/lib/synapse_compress.so"  # the installed extension
+# The server PG_CONFIG belongs to (default: Debian's 15), as in scripts/cluster.sh.
+PG_CONFIG = os.environ.get("PG_CONFIG", "/usr/lib/postgresql/15/bin/pg_config")
+
+
+def pg_config(flag):
+    return subprocess.run([PG_CONFIG, flag], check=True, capture_output=True, text=True).stdout.strip()
+
+
+PSQL = os.path.join(pg_config("--bindir"), "psql")
+LIBRARY = os.path.join(pg_config("--pkglibdir"), "synapse_compress.so")  # the installed extension
 LEVELS = "100,50,25"
 # Workload name -> (generator preset, seed).
 WORKLOADS = {"headline": ("headline", 1), "bigstate": ("bigstate", 1),

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Throwaway PostgreSQL 15 clusters for tests, demo and benchmark.
+# Throwaway PostgreSQL clusters for tests, demo and benchmark, of the server that
+# PG_CONFIG belongs to (default: Debian's 15).
 #   cluster.sh start    DIR PORT [extra postgresql.conf lines...]
 #   cluster.sh stop     DIR
 #   cluster.sh restart  DIR
@@ -13,7 +14,7 @@ SCHEMA="$ROOT/.cache/synapse/schema.sql"
 TEMPLATE=synapse_template
 
 die() { echo "cluster.sh: $*" >&2; exit 1; }
-usage() { sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 # initdb, pg_ctl and postgres refuse to run as root: use the postgres OS user then
 # (runuser needs no sudoers setup). cd / so it never complains about root's cwd.

@@ -6,6 +6,8 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
+# psql of the server PG_CONFIG belongs to (default: Debian's 15).
+PATH="$("${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}" --bindir):$PATH"
 DIR=${DEMO_DIR:-/tmp/synapse_compress/demo}
 PORT=${DEMO_PORT:-55433}
 SCALE=${SCALE:-1}

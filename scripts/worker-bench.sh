@@ -10,11 +10,13 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 SCALE=${1:-1}
-DIR=/tmp/synapse_compress/worker-bench
-PORT=55444
+DIR=${WORKER_BENCH_DIR:-/tmp/synapse_compress/worker-bench}
+PORT=${WORKER_BENCH_PORT:-55444}
 DB=synapse
 GEN="$ROOT/target/release/synapse-compress-gen"
-PGBENCH=/usr/lib/postgresql/15/bin/pgbench
+# psql and pgbench of the server PG_CONFIG belongs to (default: Debian's 15).
+PATH="$("${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}" --bindir):$PATH"
+PGBENCH=pgbench
 WORK=$(mktemp -d)
 mkdir -p /tmp/synapse_compress && chmod a+rx /tmp/synapse_compress
 
