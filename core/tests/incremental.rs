@@ -224,3 +224,24 @@ fn small_chunks_save_about_as_much_as_one_run() {
         "60-group chunks left {small} rows, one run {whole}"
     );
 }
+
+/// A scheduled chunk covers `chunk_size` groups even when memory makes the engine read
+/// it in smaller slices: a short chunk would tell the scheduler the room was done.
+#[test]
+fn a_chunk_read_in_slices_is_still_full() {
+    let mut s = MemStore::default();
+    linear_room(&mut s, "!r:hs", 1, 1200);
+    let limits = ChunkLimits {
+        chunk_size: 500,
+        upto: 1200,
+        min_saved_rows: 0,
+        memory_limit: DEFAULT_MEMORY_LIMIT,
+    };
+    let r = compress_chunk(&mut s, "!r:hs", &fresh("100,50,25"), limits, None).unwrap();
+    let groups = match &r.outcome {
+        ChunkOutcome::Written(rep) | ChunkOutcome::NotSaved { report: rep, .. } => rep.groups,
+        ChunkOutcome::Done => 0,
+    };
+    assert_eq!(groups, 500, "the chunk stopped after {groups} groups");
+    assert_eq!(r.progress.last_compressed, 500);
+}

@@ -5,7 +5,8 @@
 # Each case is pgrx-tests/e2e/cases/NAME.sql, run by psql with ON_ERROR_STOP in a fresh
 # database. Header lines configure it:
 #   -- data: ARGS      generator arguments (synapse-compress-gen ARGS | psql), repeatable
-# A case passes when psql exits 0. Prints "N passed, N failed" last.
+# A case passes when psql exits 0; one that prints "SKIPPED: why" and exits 0 is
+# skipped (a server without what it needs). Prints "N passed, N failed, N skipped" last.
 set -uo pipefail
 # shellcheck source=pgrx-tests/env.sh
 source "$(dirname "$0")/../env.sh"
@@ -18,7 +19,7 @@ bash scripts/cluster.sh start "$DIR" "$PORT" >/dev/null || exit 1
 eval "$(bash scripts/cluster.sh env "$DIR" "$PORT")"
 trap 'bash scripts/cluster.sh stop "$DIR" >/dev/null 2>&1' EXIT
 
-passed=0 failed=0 failures=()
+passed=0 failed=0 skipped=0 failures=()
 filter=${1:-}
 for case in pgrx-tests/e2e/cases/*.sql; do
     name=$(basename "$case" .sql)
@@ -38,7 +39,9 @@ for case in pgrx-tests/e2e/cases/*.sql; do
     } >"$log" 2>&1
     rc=$?
     secs=$(( ($(date +%s%N) - start) / 1000000000 ))
-    if [ $rc -eq 0 ]; then
+    if [ $rc -eq 0 ] && grep -q '^SKIPPED: ' "$log"; then
+        skipped=$((skipped + 1)); echo "skip   $name: $(sed -n 's/^SKIPPED: //p' "$log" | head -n 1)"
+    elif [ $rc -eq 0 ]; then
         passed=$((passed + 1)); echo "ok     $name (${secs}s)"
     else
         failed=$((failed + 1)); failures+=("$name"); echo "FAILED $name (${secs}s), log: $log"
@@ -46,5 +49,5 @@ for case in pgrx-tests/e2e/cases/*.sql; do
     fi
     psql -X -q -d postgres -c "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1
 done
-echo "e2e: $passed passed, $failed failed"
+echo "e2e: $passed passed, $failed failed, $skipped skipped"
 [ $failed -eq 0 ]

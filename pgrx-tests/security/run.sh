@@ -68,7 +68,7 @@ CREATE ROLE synapse LOGIN NOSUPERUSER;
 CREATE ROLE bystander LOGIN NOSUPERUSER;
 ALTER DATABASE sec OWNER TO synapse;
 SQL
-safe -c "CREATE EXTENSION synapse_compress" -f pgrx-tests/lib.sql -c "SELECT synapse_compress.pause()" \
+safe -c "CREATE EXTENSION synapse_compress" -f pgrx-tests/e2e/lib.sql -c "SELECT synapse_compress.pause()" \
     >>"$LOG" 2>&1 || { echo "setup failed, see $LOG"; exit 1; }
 for args in "--preset small --scale 3 --seed 21" "--preset headline --scale 0.01 --seed 4 --first-id 50000"; do
     # shellcheck disable=SC2086

@@ -197,10 +197,13 @@ impl Run {
             let asked = want - report.groups as usize;
             match self.slice(store, asked)? {
                 None => break,
-                Some((slice, loaded)) => {
+                Some((slice, slice_asked)) => {
+                    // Fewer groups than the slice asked for: the room ends here. (A
+                    // slice smaller than `asked`, for memory, is not the end.)
+                    let got = slice.groups as usize;
                     report.extend(slice);
-                    if loaded < asked {
-                        break; // the room ends here
+                    if got < slice_asked {
+                        break;
                     }
                 }
             }

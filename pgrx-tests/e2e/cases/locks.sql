@@ -8,7 +8,13 @@ SELECT sc_test.raw_digest() AS raw0 \gset
 SELECT room_id AS room FROM state_groups GROUP BY 1 ORDER BY count(*) DESC LIMIT 1 \gset
 SELECT max(id) AS grp FROM state_groups WHERE room_id = :'room' \gset
 
--- Synapse's deletion of a group of the room holds it FOR UPDATE, at REPEATABLE READ.
+-- Synapse's deletion of a group of the room holds it FOR UPDATE, at REPEATABLE READ,
+-- in a second session (dblink: not in the PyPI wheels' servers, where this case skips).
+SELECT NOT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'dblink') AS no_dblink \gset
+\if :no_dblink
+\echo 'SKIPPED: no dblink in this server'
+\quit
+\endif
 CREATE EXTENSION dblink;
 SELECT dblink_connect('synapse', format('dbname=%s port=%s host=%s user=postgres', current_database(),
        current_setting('port'), split_part(current_setting('unix_socket_directories'), ',', 1)));
