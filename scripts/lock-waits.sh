@@ -33,7 +33,7 @@ bash scripts/cluster.sh createdb "$DIR" "$PORT" "$DB" >/dev/null
 "$GEN" --preset headline --scale "$SCALE" --seed 61 2>/dev/null | psql -X -q -d "$DB" >/dev/null
 psql -X -q -d "$DB" -c "CREATE EXTENSION synapse_compress" -c "VACUUM ANALYZE" >/dev/null
 read -r lo hi <<<"$(q "SELECT min(id), max(id) FROM state_groups" | tr '|' ' ')"
-echo "room: $(q "SELECT count(*) FROM state_groups") groups, $(q "SELECT count(*) FROM state_groups_state") rows; lock_timeout $(q "SHOW synapse_compress.lock_timeout")"
+echo "room: $(q "SELECT count(*) FROM state_groups") groups, $(q "SELECT count(*) FROM state_groups_state") rows; lock_timeout $(q "LOAD 'synapse_compress'; SHOW synapse_compress.lock_timeout" | tail -n 1)"
 
 cat >"$WORK/new_group.sql" <<SQL
 \set g random($lo, $hi)
@@ -55,18 +55,20 @@ measure() {
     (cd "$WORK" && "$BIN/pgbench" -n -c 2 -j 2 -T "$secs" -l --log-prefix=log \
         -f new_group.sql -f deletion.sql "$DB" >"$WORK/pgbench.$phase" 2>&1) || {
         cat "$WORK/pgbench.$phase" >&2; return 1; }
-    # script number is column 5 (0 = new_group, 1 = deletion)
-    cat "$WORK"/log.* | awk -v phase="$phase" '
-        { lat[$5][++n[$5]] = $3 / 1000.0 }
-        END {
-            names[0] = "new_group"; names[1] = "deletion"
-            for (s = 0; s <= 1; s++) {
-                m = n[s]; if (m == 0) continue
-                asort(lat[s], v)
-                printf "%-8s %-10s %7d tx   p50 %8.2f ms   p99 %8.2f ms   max %8.2f ms\n", phase, names[s], m,
-                       v[int(m * 0.5) + 1], v[int(m * 0.99) + 1 > m ? m : int(m * 0.99) + 1], v[m]
-            }
-        }'
+    # column 3: latency in microseconds; column 4: the script (0 new_group, 1 deletion)
+    local n name
+    for n in 0 1; do
+        name=$([ "$n" = 0 ] && echo new_group || echo deletion)
+        cat "$WORK"/log.* | awk -v s="$n" '$4 == s { print $3 / 1000.0 }' | sort -n | awk \
+            -v phase="$phase" -v name="$name" '
+            { v[NR] = $1 }
+            END {
+                if (NR == 0) exit
+                p99 = int(NR * 0.99) + 1; if (p99 > NR) p99 = NR
+                printf "%-8s %-10s %7d tx   p50 %8.2f ms   p99 %8.2f ms   max %8.2f ms\n",
+                       phase, name, NR, v[int(NR * 0.5) + 1], v[p99], v[NR]
+            }'
+    done
 }
 
 measure idle 10
