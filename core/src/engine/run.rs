@@ -250,7 +250,9 @@ impl Run {
             None => FIRST_SLICE,
             Some(cost) => {
                 let free = self.budget.limit().saturating_sub(self.held_bytes());
-                (free * 3 / 4 / cost.max(1)).min(self.last_slice.max(1) * SLICE_GROWTH)
+                // Saturating: an unlimited budget leaves usize::MAX free.
+                ((free / 4).saturating_mul(3) / cost.max(1))
+                    .min(self.last_slice.max(1).saturating_mul(SLICE_GROWTH))
             }
         };
         n.clamp(1, max)
