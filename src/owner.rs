@@ -81,8 +81,12 @@ impl StateTables {
         let names: Vec<&str> = SYNAPSE_TABLES.iter().chain(&TOOL_TABLES).copied().collect();
         let rows = client
             .select(
+                // has_table_privilege with a list is true if ANY is held: ask each.
                 "SELECT c.relname::text, c.relowner, c.relkind::text, \
-                        pg_catalog.has_table_privilege(c.oid, $3) \
+                        pg_catalog.has_table_privilege(c.oid, 'SELECT') AND (NOT $3 OR \
+                          pg_catalog.has_table_privilege(c.oid, 'INSERT') AND \
+                          pg_catalog.has_table_privilege(c.oid, 'UPDATE') AND \
+                          pg_catalog.has_table_privilege(c.oid, 'DELETE')) \
                  FROM pg_catalog.pg_class c \
                  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
                  WHERE n.nspname = $1 AND c.relname = ANY($2)",
@@ -90,11 +94,7 @@ impl StateTables {
                 &[
                     name.as_str().into(),
                     names.into(),
-                    match access {
-                        Access::Read => "SELECT",
-                        Access::Write => "SELECT, INSERT, UPDATE, DELETE",
-                    }
-                    .into(),
+                    (access == Access::Write).into(),
                 ],
             )
             .map_err(spi)?;

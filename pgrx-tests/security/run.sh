@@ -123,6 +123,14 @@ out=$(PGOPTIONS='-c search_path=pg_catalog,public' psql -X -q -d sec -U bystande
 if grep -q "ERROR:  42501" <<<"$out" && grep -q "HINT" <<<"$out" && ! grep -q "DETAIL" <<<"$out"; then
     ok "a caller without privileges on the tables gets 42501 with a hint"
 else fail "a caller without privileges on the tables gets 42501 ($out)"; fi
+# SELECT alone is not enough to rewrite.
+safe -c "GRANT SELECT ON state_groups, state_groups_state, state_group_edges TO bystander" >>"$LOG" 2>&1
+out=$(PGOPTIONS='-c search_path=pg_catalog,public' psql -X -q -d sec -U bystander -v VERBOSITY=verbose \
+      -c "SELECT * FROM compress_room('$first')" 2>&1)
+if grep -q "ERROR:  42501" <<<"$out" && grep -q "may not read and write" <<<"$out"; then
+    ok "a caller with only SELECT on the tables gets 42501"
+else fail "a caller with only SELECT on the tables gets 42501 ($out)"; fi
+safe -c "REVOKE SELECT ON state_groups, state_groups_state, state_group_edges FROM bystander" >>"$LOG" 2>&1
 # Mixed owners cannot be handled as one owner.
 safe -c "ALTER TABLE state_group_edges OWNER TO bystander" >>"$LOG" 2>&1
 out=$(psql -X -q -d sec -v VERBOSITY=verbose -c "SELECT * FROM compress_room('$first')" 2>&1)
