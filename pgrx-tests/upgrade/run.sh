@@ -64,9 +64,10 @@ if [ ! -f "$OLD/done" ]; then
     grep -q "^pg$PG_MAJOR = " "$src/Cargo.toml" \
         || die "the release at $FROM has no pg$PG_MAJOR feature: test the upgrade on a major it supports"
     rm -rf "$OLD"
-    # The shared target dir reuses the compiled dependencies (pgrx, ...); a debug build
-    # is enough to test the SQL-level upgrade, and far quicker than fat LTO.
-    (cd "$src" && CARGO_TARGET_DIR=$ROOT/target cargo pgrx package --debug \
+    # A target dir of its own: the old workspace's crates have the names and versions
+    # of the new ones, and git archive's old mtimes would make cargo take the new
+    # crates' artifacts for fresh. A debug build is enough for the SQL-level upgrade.
+    (cd "$src" && CARGO_TARGET_DIR=$ROOT/target/upgrade-old cargo pgrx package --debug \
         "${PG_FEATURES[@]}" --pg-config "$PG_CONFIG" --out-dir "$OLD" >>"$LOG" 2>&1) \
         || { rm -rf "$src"; die "building $FROM failed (log: $LOG)"; }
     rm -rf "$src"
