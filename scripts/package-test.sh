@@ -46,7 +46,7 @@ works() {
     # answers WANT PSQL-ARGS...: psql succeeds and prints exactly WANT.
     answers() { local want=$1 out; shift; out=$("${psql[@]}" "$@") && [ "$out" = "$want" ]; }
     check "$what: CREATE EXTENSION synapse_compress (version $VERSION)" \
-        answers "$VERSION" -c "CREATE EXTENSION synapse_compress" -f pgrx-tests/lib.sql \
+        answers "$VERSION" -c "CREATE EXTENSION synapse_compress" -f pgrx-tests/e2e/lib.sql \
             -c "SELECT extversion FROM pg_extension WHERE extname = 'synapse_compress'"
     room=$("${psql[@]}" -c "SELECT room_id FROM state_groups GROUP BY 1 ORDER BY count(*) DESC LIMIT 1" 2>>"$LOG")
     check "$what: compress_room wrote, every group's state kept" \

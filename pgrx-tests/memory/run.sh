@@ -97,7 +97,7 @@ for members in $ROOMS; do
     room="!mem${members}:example.org"
     tmpl="mem_${members}"
     bash scripts/cluster.sh createdb "$DIR" "$PORT" "$tmpl" >/dev/null || exit 1
-    psql -d "$tmpl" -c "CREATE EXTENSION synapse_compress" -f pgrx-tests/lib.sql >/dev/null || exit 1
+    psql -d "$tmpl" -c "CREATE EXTENSION synapse_compress" -f pgrx-tests/e2e/lib.sql >/dev/null || exit 1
     load_room "$tmpl" "$members" "$room" >/dev/null || exit 1
     psql -d "$tmpl" -c "VACUUM ANALYZE" -c "CALL sc_test.snapshot()" || exit 1
     before=$(digest "$tmpl")

@@ -133,7 +133,7 @@ for args in "--preset manyrooms --scale 0.01 --seed 61" "--preset small --seed 6
     # shellcheck disable=SC2086
     "$GEN" $args | psql -X -q -v ON_ERROR_STOP=1 -d "$DB" >/dev/null 2>>"$LOG" || die "generator $args"
 done
-q -q -c "CREATE EXTENSION synapse_compress VERSION '$OLD_VERSION'" -f pgrx-tests/lib.sql >/dev/null \
+q -q -c "CREATE EXTENSION synapse_compress VERSION '$OLD_VERSION'" -f pgrx-tests/e2e/lib.sql >/dev/null \
     || die "CREATE EXTENSION synapse_compress VERSION '$OLD_VERSION' (log: $LOG)"
 q -c "VACUUM ANALYZE" >/dev/null
 # Fingerprint of every group's resolved state before anything is compressed.
