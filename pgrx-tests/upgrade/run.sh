@@ -151,11 +151,18 @@ check "$OLD_VERSION: some chunks done, rooms left, paused" test "$(q -c "
 # What must survive, each table in a stable order. Add new bookkeeping tables here.
 SAVED="synapse_compress.room_queue synapse_compress.runs synapse_compress.control
        state_compressor_state state_compressor_progress state_compressor_total_progress"
+# The old version's columns of each: an update may add columns, never lose what was there.
+declare -A COLS
+for t in $SAVED; do
+    COLS[$t]=$(q -c "SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) FROM pg_attribute
+                     WHERE attrelid = '$t'::regclass AND attnum > 0 AND NOT attisdropped") \
+        || die "reading the columns of $t"
+done
 record() {  # record OUTDIR
     mkdir -p "$1"
     local t
     for t in $SAVED; do
-        q -c "COPY (SELECT * FROM $t ORDER BY 1, 2) TO STDOUT" >"$1/$t" || return 1
+        q -c "COPY (SELECT ${COLS[$t]} FROM $t ORDER BY 1, 2) TO STDOUT" >"$1/$t" || return 1
     done
 }
 record "$DIR.before" || die "recording the $OLD_VERSION rows"
