@@ -90,10 +90,12 @@ SAMPLE_SQL="SELECT count(*) FROM sc_fault_sample s, sc_sim.state_digest(s.state_
 # the sequence sc_fault_rows (reset before each run); at row sc_fault.block_at it
 # waits for an advisory lock the test holds; from row sc_fault.limit on it raises
 # SQLSTATE sc_fault.errcode. Inactive unless one of those settings is set.
+# Names are schema-qualified: the tool runs triggers on the state tables with
+# search_path = pg_catalog, pg_temp (as PostgreSQL 17's maintenance commands do).
 q <<'SQL'
-CREATE SEQUENCE sc_fault_rows;
-CREATE FUNCTION sc_fault_after_rows() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE n bigint := nextval('sc_fault_rows');
+CREATE SEQUENCE public.sc_fault_rows;
+CREATE FUNCTION public.sc_fault_after_rows() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE n bigint := nextval('public.sc_fault_rows');
 BEGIN
   IF n = nullif(current_setting('sc_fault.block_at', true), '')::bigint THEN
     PERFORM pg_advisory_xact_lock(hashtext('sc_fault'), 0);
@@ -107,7 +109,7 @@ END $$;
 CREATE TRIGGER sc_fault AFTER INSERT ON state_groups_state FOR EACH ROW
   WHEN (coalesce(current_setting('sc_fault.block_at', true), '') <> ''
         OR coalesce(current_setting('sc_fault.limit', true), '') <> '')
-  EXECUTE FUNCTION sc_fault_after_rows();
+  EXECUTE FUNCTION public.sc_fault_after_rows();
 SQL
 READ_AT=$(val "SELECT id FROM state_groups WHERE room_id = '$ROOM' ORDER BY id
                OFFSET (SELECT count(*) * 4 / 10 FROM state_groups WHERE room_id = '$ROOM') LIMIT 1")
