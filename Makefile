@@ -19,7 +19,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 # The suites call psql from PATH: that of the server under test.
 WITH_PG = PATH="$$("$(PG_CONFIG)" --bindir):$$PATH"
 # Printed before each suite, so the output names the server it ran on.
-SAY_PG = echo "== $(1) on $$("$(PG_CONFIG)" --version)"
+SAY_PG = echo "== $(1) on $$("$(PG_CONFIG)" --version) ($$(date -u +%T))"
 
 # The other majors' test clusters get their own dirs and ports (base +32 e2e, +43
 # worker, +42 stress, ...), so suites of several majors never share a cluster.

@@ -11,8 +11,9 @@ use synapse_compress_core::{Error, LevelSpec};
 
 use crate::errors::{self, raise, report, required};
 use crate::owner::{Access, StateTables};
-use crate::store::SpiStore;
-use crate::{gucs, progress, subxact};
+use crate::spi::store::SpiStore;
+use crate::spi::subxact;
+use crate::{gucs, progress};
 
 /// Compress one room's state groups in the caller's transaction; see the COMMENT.
 // pgrx needs the row type spelled out in place (no alias), hence the allow.

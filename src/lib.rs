@@ -9,9 +9,8 @@
 //! - `progress`: a room's saved levels (the existing tool's tables);
 //! - `owner`: where Synapse's tables are, and running every access to them as their
 //!   owner, security-restricted (least privilege);
-//! - `store`: the core's `Store` over SPI (reads, locks, set-based writes);
-//! - `guard`: containing one chunk's failure (subtransaction, bounded retries);
-//! - `subxact`: internal subtransactions;
+//! - `spi`: the core's `Store` over SPI, subtransactions, and containing one chunk's
+//!   failure (`spi::store`, `spi::subxact`, `spi::guard`);
 //! - `errors`: core errors → PostgreSQL errors with SQLSTATE and hint;
 //! - `gucs`: settings.
 
@@ -20,13 +19,11 @@ use pgrx::prelude::*;
 mod admin;
 mod api;
 mod errors;
-mod guard;
 mod gucs;
 mod owner;
 mod progress;
 mod schedule;
-mod store;
-mod subxact;
+mod spi;
 mod worker;
 
 ::pgrx::pg_module_magic!(name, version);

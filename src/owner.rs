@@ -13,7 +13,7 @@ use pgrx::pg_sys;
 use pgrx::spi::SpiClient;
 use synapse_compress_core::{Error, Result};
 
-use crate::store::{free_result, spi};
+use crate::spi::store::{free_result, spi};
 
 /// Synapse's tables, then the existing tool's; all must share one owner.
 const SYNAPSE_TABLES: [&str; 6] = [

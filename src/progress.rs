@@ -10,7 +10,7 @@ use synapse_compress_core::levels::Level;
 use synapse_compress_core::{Error, LevelSpec, Levels, Result};
 
 use crate::owner::StateTables;
-use crate::store::{free_result, spi};
+use crate::spi::store::{free_result, spi};
 
 /// The room's progress, or a fresh start with `default` levels. Saved levels that do
 /// not make sense are replaced by fresh ones (always safe: the next group starts a

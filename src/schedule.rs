@@ -20,8 +20,9 @@ use synapse_compress_core::schedule::{self as policy, Outcome, RunEnd};
 use synapse_compress_core::{Error, GroupId, LevelSpec, Result};
 
 use crate::owner::{Access, StateTables};
-use crate::store::{free_result, spi, SpiStore};
-use crate::{errors, guard, gucs, progress};
+use crate::spi::guard;
+use crate::spi::store::{free_result, spi, SpiStore};
+use crate::{errors, gucs, progress};
 
 /// Who drives a run (recorded in `synapse_compress.runs`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -18,7 +18,7 @@ use synapse_compress_core::store::{Chain, Chunk, Rewrite, RoomExtent, Store};
 use synapse_compress_core::{Error, GroupId, RawGroup, Result, StateRow};
 
 use crate::owner::StateTables;
-use crate::subxact::SubTransaction;
+use crate::spi::subxact::SubTransaction;
 
 pub struct SpiStore<'a, 'conn> {
     client: &'a mut SpiClient<'conn>,

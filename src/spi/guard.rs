@@ -15,7 +15,7 @@ use pgrx::{PgSqlErrorCode, PgTryBuilder};
 use synapse_compress_core::Error;
 
 use crate::errors;
-use crate::subxact::SubTransaction;
+use crate::spi::subxact::SubTransaction;
 
 pub const MAX_ATTEMPTS: u32 = 3;
 
