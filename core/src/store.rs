@@ -52,14 +52,20 @@ pub trait Store {
     fn count_groups(&mut self, room: &str, after: GroupId, upto: GroupId) -> Result<u64>;
     /// Up to `limit` of the room's groups with `after < id <= upto`, ascending. An
     /// implementation beside a live Synapse locks them here, before reading them.
+    ///
+    /// `max_bytes` is what the engine can still hold: a store counts the rows it reads
+    /// with `engine::memory::LoadAllowance` and fails with `Error::MemoryLimit` as soon
+    /// as they would pass it, reading rows `LOAD_BATCH_ROWS` at a time.
     fn load_chunk(
         &mut self,
         room: &str,
         after: GroupId,
         upto: GroupId,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Chunk>;
-    fn load_chain(&mut self, group: GroupId, max_hops: usize) -> Result<Chain>;
+    /// `max_bytes` as for `load_chunk`.
+    fn load_chain(&mut self, group: GroupId, max_hops: usize, max_bytes: usize) -> Result<Chain>;
     /// Every group reached over stored edges, at any depth, from a malformed group of
     /// the room (one with several predecessors, or with one not lower than itself) or
     /// from a group outside the room with an edge into it. Synapse resolves a

@@ -88,11 +88,12 @@ impl Store for Counting<'_> {
         after: GroupId,
         upto: GroupId,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Chunk> {
-        self.inner.load_chunk(room, after, upto, limit)
+        self.inner.load_chunk(room, after, upto, limit, max_bytes)
     }
-    fn load_chain(&mut self, group: GroupId, max_hops: usize) -> Result<Chain> {
-        let c = self.inner.load_chain(group, max_hops)?;
+    fn load_chain(&mut self, group: GroupId, max_hops: usize, max_bytes: usize) -> Result<Chain> {
+        let c = self.inner.load_chain(group, max_hops, max_bytes)?;
         self.chains += 1;
         self.chain_groups += c.groups.len() as u64;
         Ok(c)

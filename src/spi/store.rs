@@ -13,6 +13,7 @@ use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys;
 use pgrx::spi::{SpiClient, SpiCursor, SpiHeapTupleData, SpiResult};
 use pgrx::{FromDatum, IntoDatum, PgMemoryContexts};
+use synapse_compress_core::engine::memory::{LoadAllowance, LOAD_BATCH_ROWS};
 use synapse_compress_core::hash::{FxHashMap, FxHashSet};
 use synapse_compress_core::store::{Chain, Chunk, Rewrite, RoomExtent, Store};
 use synapse_compress_core::{Error, GroupId, RawGroup, Result, StateRow};
@@ -139,7 +140,10 @@ impl<'a, 'conn> SpiStore<'a, 'conn> {
     }
 
     /// Edges, rows and room of each id, in the order given (three set-based reads).
-    fn load_groups(&self, ids: &[GroupId]) -> Result<Vec<RawGroup>> {
+    /// Rows come through a cursor, `LOAD_BATCH_ROWS` at a time, counted against
+    /// `max_bytes` as they arrive: a group too large for the memory limit is refused
+    /// while it is read, with the database holding one batch, not the whole result.
+    fn load_groups(&self, ids: &[GroupId], max_bytes: usize) -> Result<Vec<RawGroup>> {
         let mut groups: FxHashMap<GroupId, RawGroup> = ids
             .iter()
             .map(|&id| {
@@ -169,23 +173,39 @@ impl<'a, 'conn> SpiStore<'a, 'conn> {
             }
             Ok(())
         })?;
-        self.query(LOAD_ROWS, &arg(), |row| {
-            let id: GroupId = row.get(1).map_err(spi)?.unwrap_or_default();
-            let text = |i| {
-                row.get::<String>(i)
-                    .map_err(spi)
-                    .map(Option::unwrap_or_default)
-            };
-            let r = StateRow {
-                event_type: text(2)?,
-                state_key: text(3)?,
-                event_id: text(4)?,
-            };
-            if let Some(g) = groups.get_mut(&id) {
-                g.rows.push(r);
+        let mut allowance = LoadAllowance::new(max_bytes);
+        let sql = self.tables.sql(LOAD_ROWS);
+        let mut cursor = self.client.try_open_cursor(&sql, &arg()).map_err(spi)?;
+        loop {
+            let batch = cursor
+                .fetch(LOAD_BATCH_ROWS as std::ffi::c_long)
+                .map_err(spi)?;
+            let fetched = batch.len();
+            let read = batch.into_iter().try_for_each(|row| {
+                let id: GroupId = row.get(1).map_err(spi)?.unwrap_or_default();
+                let text = |i| {
+                    row.get::<String>(i)
+                        .map_err(spi)
+                        .map(Option::unwrap_or_default)
+                };
+                let r = StateRow {
+                    event_type: text(2)?,
+                    state_key: text(3)?,
+                    event_id: text(4)?,
+                };
+                allowance.row(id, &r)?;
+                if let Some(g) = groups.get_mut(&id) {
+                    g.rows.push(r);
+                }
+                Ok(())
+            });
+            free_result();
+            read?;
+            allowance.end_batch();
+            if fetched < LOAD_BATCH_ROWS {
+                break;
             }
-            Ok(())
-        })?;
+        }
         Ok(ids
             .iter()
             .map(|id| groups.remove(id).expect("every id has an entry"))
@@ -272,6 +292,7 @@ impl Store for SpiStore<'_, '_> {
         after: GroupId,
         upto: GroupId,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Chunk> {
         self.scratch(|s| {
             let ids = s.next_ids(room, after, upto, limit)?;
@@ -290,13 +311,13 @@ impl Store for SpiStore<'_, '_> {
             }
             let frozen = s.frozen(&ids)?;
             Ok(Chunk {
-                groups: s.load_groups(&ids)?,
+                groups: s.load_groups(&ids, max_bytes)?,
                 frozen,
             })
         })
     }
 
-    fn load_chain(&mut self, group: GroupId, max_hops: usize) -> Result<Chain> {
+    fn load_chain(&mut self, group: GroupId, max_hops: usize, max_bytes: usize) -> Result<Chain> {
         // The ids on the stored chain (bounded: corrupt data may hold cycles or forks),
         // then their edges and rows; the engine checks the chain's shape.
         self.scratch(|s| {
@@ -315,7 +336,7 @@ impl Store for SpiStore<'_, '_> {
                 ],
             )?;
             let mut by_id: FxHashMap<GroupId, RawGroup> = s
-                .load_groups(&ids)?
+                .load_groups(&ids, max_bytes)?
                 .into_iter()
                 .map(|g| (g.id, g))
                 .collect();
@@ -440,7 +461,8 @@ impl Store for SpiStore<'_, '_> {
     }
 
     fn read_back(&mut self, groups: &[GroupId]) -> Result<Vec<RawGroup>> {
-        self.scratch(|s| s.load_groups(groups))
+        // The engine charged the rows read back with the rewrite (`rewrite_bytes`).
+        self.scratch(|s| s.load_groups(groups, usize::MAX))
     }
 
     fn begin_atomic(&mut self) -> Result<()> {

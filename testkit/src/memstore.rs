@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use synapse_compress_core::engine::memory::{LoadAllowance, LOAD_BATCH_ROWS};
 use synapse_compress_core::hash::FxHashSet;
 use synapse_compress_core::store::{Chain, Chunk, Rewrite, RoomExtent, Store};
 use synapse_compress_core::{GroupId, RawGroup, Result, StateRow};
@@ -167,6 +168,7 @@ impl Store for MemStore {
         after: GroupId,
         upto: GroupId,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Chunk> {
         let ids: Vec<GroupId> = self
             .tables
@@ -177,13 +179,12 @@ impl Store for MemStore {
             .take(limit)
             .collect();
         let frozen = ids.iter().copied().filter(|&id| self.frozen(id)).collect();
-        Ok(Chunk {
-            groups: ids.into_iter().map(|id| self.raw(id)).collect(),
-            frozen,
-        })
+        let groups: Vec<RawGroup> = ids.into_iter().map(|id| self.raw(id)).collect();
+        within(&groups, max_bytes)?;
+        Ok(Chunk { groups, frozen })
     }
 
-    fn load_chain(&mut self, group: GroupId, max_hops: usize) -> Result<Chain> {
+    fn load_chain(&mut self, group: GroupId, max_hops: usize, max_bytes: usize) -> Result<Chain> {
         let mut groups = Vec::new();
         let mut seen = BTreeSet::new();
         let mut cur = group;
@@ -200,6 +201,7 @@ impl Store for MemStore {
                 _ => break,
             }
         }
+        within(&groups, max_bytes)?;
         Ok(Chain {
             groups,
             head_frozen: self.frozen(group),
@@ -264,4 +266,22 @@ impl Store for MemStore {
         }
         Ok(())
     }
+}
+
+/// The store's side of the memory contract: rows counted as read, in batches, against
+/// the engine's allowance (as the SPI store does).
+fn within(groups: &[RawGroup], max_bytes: usize) -> Result<()> {
+    let mut allowance = LoadAllowance::new(max_bytes);
+    let mut in_batch = 0;
+    for g in groups {
+        for r in &g.rows {
+            allowance.row(g.id, r)?;
+            in_batch += 1;
+            if in_batch == LOAD_BATCH_ROWS {
+                allowance.end_batch();
+                in_batch = 0;
+            }
+        }
+    }
+    Ok(())
 }

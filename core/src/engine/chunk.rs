@@ -76,11 +76,12 @@ pub fn compress_chunk(
 ) -> Result<ChunkResult> {
     let spec = progress.levels.spec();
     let fresh = Levels::new(&spec);
-    let (levels, levels_reset) = if heads_match_tree(store, progress.levels.levels())? {
-        (progress.levels.clone(), false)
-    } else {
-        (fresh.clone(), true)
-    };
+    let (levels, levels_reset) =
+        if heads_match_tree(store, progress.levels.levels(), limits.memory_limit)? {
+            (progress.levels.clone(), false)
+        } else {
+            (fresh.clone(), true)
+        };
     // A chunk that would not pay is retried over a longer stretch (up to
     // `MAX_CHUNK_GROWTH` times the size) before it is given up: the level algorithm
     // may spend rows early in a stretch (a new level's first delta) that it saves
@@ -155,14 +156,14 @@ pub fn compress_chunk(
 /// Levels guarantee that the head of level i is at most Σ_{j≥i} (length_j − 1) hops
 /// deep (less where a base was skipped). A head deeper than that means the stored tree
 /// is not the one the levels describe, and continuing could exceed the hop bound.
-fn heads_match_tree(store: &mut dyn Store, levels: &[Level]) -> Result<bool> {
+fn heads_match_tree(store: &mut dyn Store, levels: &[Level], memory_limit: usize) -> Result<bool> {
     for (i, level) in levels.iter().enumerate() {
         let Some(head) = level.head else { continue };
         let bound: u32 = levels[i..]
             .iter()
             .map(|l| l.current_length.saturating_sub(1))
             .sum();
-        let chain = store.load_chain(head, MAX_RESOLVE_HOPS)?;
+        let chain = store.load_chain(head, MAX_RESOLVE_HOPS, memory_limit)?;
         // A missing or broken head is harmless: the planner will not build on it.
         if chain.groups.len().saturating_sub(1) > bound as usize {
             return Ok(false);

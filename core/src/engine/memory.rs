@@ -19,10 +19,14 @@
 use std::mem::size_of;
 
 use crate::error::{Error, Result};
-use crate::model::{RawGroup, StateRow};
+use crate::model::{GroupId, RawGroup, StateRow};
 use crate::store::Rewrite;
 
 pub use crate::state::{map_bytes, vec_bytes, ALLOC_OVERHEAD};
+
+/// Rows a store reads at a time (a cursor's batch): while loading, the database holds
+/// one batch's copy, never the whole load's.
+pub const LOAD_BATCH_ROWS: usize = 4096;
 
 /// A database-side copy of one row (tuple header, slot pointer, allocation headers,
 /// and a detoasted copy of each text while it is converted), beyond twice its text.
@@ -95,6 +99,19 @@ impl MemoryBudget {
         self.recent_peak
     }
 
+    /// Run a store's load with what is still free as its allowance (`Store::load_chunk`);
+    /// a refusal is reported against the whole limit.
+    pub fn load<T>(&self, f: impl FnOnce(usize) -> Result<T>) -> Result<T> {
+        f(self.available()).map_err(|e| match e {
+            Error::MemoryLimit { group, needed, .. } => Error::MemoryLimit {
+                group,
+                needed: needed.saturating_add(self.used as u64),
+                limit: self.limit as u64,
+            },
+            e => e,
+        })
+    }
+
     /// Give back bytes charged before.
     pub fn release(&mut self, bytes: usize) {
         debug_assert!(bytes <= self.used, "released more than was charged");
@@ -111,7 +128,7 @@ fn string_bytes(s: &str, capacity: usize) -> usize {
 }
 
 /// A row's texts, as the database holds them while passing the row.
-fn db_row_bytes(r: &StateRow) -> usize {
+pub fn db_row_bytes(r: &StateRow) -> usize {
     DB_ROW_OVERHEAD + 2 * (r.event_type.len() + r.state_key.len() + r.event_id.len())
 }
 
@@ -122,9 +139,16 @@ fn row_bytes(r: &StateRow) -> usize {
         + string_bytes(&r.event_id, r.event_id.capacity())
 }
 
+/// One row as the engine holds it once loaded: its slot in the group's row vector
+/// (twice, for the vector's growth) and its three strings. A store checks a load
+/// against its allowance with this as it reads (`Store::load_chunk`).
+pub fn loaded_row_bytes(r: &StateRow) -> usize {
+    2 * size_of::<StateRow>() + row_bytes(r)
+}
+
 /// A group as loaded: the engine's copy, and the database's copy it was read from
-/// (which the store frees before it returns, so the engine charges it only for the
-/// load itself).
+/// (one batch of rows at a time; the store frees it before it returns, so the engine
+/// charges it only for the load itself).
 pub fn raw_group_bytes(g: &RawGroup) -> (usize, usize) {
     let engine = size_of::<RawGroup>()
         + g.room_id
@@ -136,17 +160,77 @@ pub fn raw_group_bytes(g: &RawGroup) -> (usize, usize) {
     (engine, g.rows.iter().map(db_row_bytes).sum())
 }
 
-/// Charge groups just loaded: both copies, then give back the database's.
+/// The database's copy at its largest while `rows` rows of `total` bytes are read in
+/// batches of `LOAD_BATCH_ROWS`: one batch of average rows.
+pub fn db_batch_bytes(total: usize, rows: usize) -> usize {
+    if rows <= LOAD_BATCH_ROWS {
+        total
+    } else {
+        (total as u128 * LOAD_BATCH_ROWS as u128).div_ceil(rows as u128) as usize
+    }
+}
+
+/// Charge groups just loaded: the engine's copy and the database's largest batch,
+/// then give back the database's.
 pub fn charge_loaded(budget: &mut MemoryBudget, groups: &[RawGroup]) -> Result<Vec<usize>> {
-    let (mut engine, mut database) = (Vec::with_capacity(groups.len()), 0);
+    let (mut engine, mut database, mut rows) = (Vec::with_capacity(groups.len()), 0, 0);
     for g in groups {
         let (e, d) = raw_group_bytes(g);
         engine.push(e);
         database += d;
+        rows += g.rows.len();
     }
+    let database = db_batch_bytes(database, rows);
     budget.charge(engine.iter().sum::<usize>() + database)?;
     budget.release(database);
     Ok(engine)
+}
+
+/// What a store loaded so far against the allowance it was given: fails as soon as
+/// the engine's rows plus the database's batch would pass it, so a group larger than
+/// the memory limit is refused while it is read, not after.
+#[derive(Debug)]
+pub struct LoadAllowance {
+    max_bytes: usize,
+    engine: usize,
+    batch: usize,
+    largest_batch: usize,
+}
+
+impl LoadAllowance {
+    pub fn new(max_bytes: usize) -> LoadAllowance {
+        LoadAllowance {
+            max_bytes,
+            engine: 0,
+            batch: 0,
+            largest_batch: 0,
+        }
+    }
+
+    /// Count one row read for `group`.
+    pub fn row(&mut self, group: GroupId, r: &StateRow) -> Result<()> {
+        self.engine += loaded_row_bytes(r);
+        self.batch += db_row_bytes(r);
+        self.check(group)
+    }
+
+    /// The database's batch was freed.
+    pub fn end_batch(&mut self) {
+        self.largest_batch = self.largest_batch.max(self.batch);
+        self.batch = 0;
+    }
+
+    fn check(&self, group: GroupId) -> Result<()> {
+        let held = self.engine + self.largest_batch.max(self.batch);
+        if held > self.max_bytes {
+            return Err(Error::MemoryLimit {
+                group: Some(group),
+                needed: held as u64,
+                limit: self.max_bytes as u64,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// A rewrite's write buffers, estimated before its rows are built: each row's slot
@@ -183,6 +267,69 @@ mod tests {
         assert_eq!(b.peak(), 100);
         b.release(100);
         assert_eq!((b.used(), b.peak()), (0, 100));
+    }
+
+    fn member() -> StateRow {
+        StateRow::new(
+            "m.room.member",
+            "@someone:example.org",
+            "$abcdefghijklmnopqrstuvwxyz0123456789",
+        )
+    }
+
+    #[test]
+    fn a_load_is_refused_at_the_row_that_passes_the_allowance() {
+        let r = member();
+        let one = loaded_row_bytes(&r) + db_row_bytes(&r);
+        let mut a = LoadAllowance::new(100 * one);
+        let mut read = 0;
+        let err = loop {
+            match a.row(7, &r) {
+                Ok(()) => read += 1,
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(read, 100, "refused late or early");
+        match err {
+            Error::MemoryLimit {
+                group: Some(7),
+                needed,
+                limit,
+            } => assert!(needed > limit && limit == 100 * one as u64),
+            e => panic!("expected MemoryLimit, got {e:?}"),
+        }
+    }
+
+    #[test]
+    fn the_database_copy_counts_one_batch_not_the_whole_load() {
+        let r = member();
+        let rows = 3 * LOAD_BATCH_ROWS;
+        let need = rows * loaded_row_bytes(&r) + LOAD_BATCH_ROWS * db_row_bytes(&r);
+        let read = |max: usize| -> Result<()> {
+            let mut a = LoadAllowance::new(max);
+            for i in 1..=rows {
+                a.row(1, &r)?;
+                if i % LOAD_BATCH_ROWS == 0 {
+                    a.end_batch();
+                }
+            }
+            Ok(())
+        };
+        read(need).unwrap();
+        assert!(read(need - 1).is_err());
+        // charge_loaded agrees with what the store was allowed.
+        let g = RawGroup {
+            id: 1,
+            room_id: None,
+            prevs: vec![],
+            rows: vec![r.clone(); rows],
+        };
+        let (engine, database) = raw_group_bytes(&g);
+        assert_eq!(
+            db_batch_bytes(database, rows),
+            LOAD_BATCH_ROWS * db_row_bytes(&r)
+        );
+        assert!(engine + db_batch_bytes(database, rows) <= need);
     }
 
     #[test]

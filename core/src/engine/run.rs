@@ -309,7 +309,10 @@ impl Run {
     fn process(&mut self, store: &mut dyn Store, n: usize) -> Result<Option<ChunkReport>> {
         self.budget.rebase(self.held_bytes())?;
         let held = self.budget.used();
-        let chunk = store.load_chunk(&self.room, self.after, self.upto, n)?;
+        let (room, after, upto) = (&self.room, self.after, self.upto);
+        let chunk = self
+            .budget
+            .load(|max| store.load_chunk(room, after, upto, n, max))?;
         if chunk.groups.is_empty() {
             return Ok(None);
         }
@@ -656,7 +659,9 @@ impl Outside<'_> {
         if let Some(node) = self.carry.get(&id) {
             return Ok(Ok(node.clone()));
         }
-        let chain = store.load_chain(id, MAX_RESOLVE_HOPS)?;
+        let chain = self
+            .budget
+            .load(|max| store.load_chain(id, MAX_RESOLVE_HOPS, max))?;
         let raw: usize = charge_loaded(self.budget, &chain.groups)?.iter().sum();
         let in_room = chain.groups.first().and_then(|g| g.room_id.as_deref()) == Some(self.room);
         let folded = fold_chain(self.dict, &chain, id);
