@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use synapse_compress_core::engine::{self, NotWritten, Options, Summary};
-use synapse_compress_core::planner::SkipReason;
 use synapse_compress_core::{Error, LevelSpec};
 
 use crate::errors::{self, raise, report, required};
@@ -139,15 +138,7 @@ fn compress_as_owner(
     let mut last_notice = Instant::now();
     let mut on_chunk = |run: &engine::Run, chunk: &engine::ChunkReport| {
         for (group, reason) in chunk.skipped.iter().take(3) {
-            let why = match reason {
-                SkipReason::Frozen => "pending deletion or being persisted".to_string(),
-                SkipReason::Broken(why) => why.to_string(),
-                SkipReason::Tangled => {
-                    "a malformed group (several predecessors, or a higher one) reaches it"
-                        .to_string()
-                }
-            };
-            notice!("compress_room {room}: state group {group} left unchanged: {why}");
+            notice!("compress_room {room}: state group {group} left unchanged: {reason}");
         }
         if chunk.skipped.len() > 3 {
             notice!(
