@@ -45,21 +45,7 @@ fn compress_room(
     let levels = LevelSpec::parse(required(levels, "levels")).unwrap_or_else(|e| raise(e));
     let dry_run = required(dry_run, "dry_run");
     let min_saved_rows = required(min_saved_rows, "min_saved_rows");
-    if room.is_empty() {
-        raise(Error::InvalidArgument {
-            name: "room_id",
-            reason: "it is empty".into(),
-        });
-    }
-    let opts = Options {
-        levels,
-        chunk_size: gucs::CHUNK_SIZE.get() as usize,
-        dry_run,
-        after_group,
-        max_groups,
-        memory_limit: gucs::memory_limit(),
-    };
-    opts.validate().unwrap_or_else(|e| raise(e));
+    let opts = room_options(room, levels, dry_run, after_group, max_groups);
     if min_saved_rows < 0 {
         raise(Error::InvalidArgument {
             name: "min_saved_rows",
@@ -108,6 +94,33 @@ fn compress_room(
         s.written,
         s.elapsed_ms as i64,
     ))
+}
+
+/// A run's options from a SQL call's arguments and the settings, checked (the room id
+/// too): raises 22023 on a bad one.
+pub fn room_options(
+    room: &str,
+    levels: LevelSpec,
+    dry_run: bool,
+    after_group: Option<i64>,
+    max_groups: Option<i64>,
+) -> Options {
+    if room.is_empty() {
+        raise(Error::InvalidArgument {
+            name: "room_id",
+            reason: "it is empty".into(),
+        });
+    }
+    let opts = Options {
+        levels,
+        chunk_size: gucs::CHUNK_SIZE.get() as usize,
+        dry_run,
+        after_group,
+        max_groups,
+        memory_limit: gucs::memory_limit(),
+    };
+    opts.validate().unwrap_or_else(|e| raise(e));
+    opts
 }
 
 /// The compression itself, in one SPI connection, as the state tables' owner.
