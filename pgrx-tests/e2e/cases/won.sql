@@ -88,6 +88,6 @@ SELECT count(*) = 17 AND count(*) FILTER (WHERE metric = 'synapse_compress_rows_
 SELECT count(*) = 3 AS monitor_space FROM synapse_compress.space \gset
 RESET ROLE;
 DROP ROLE sc_e2e_monitor;
-SELECT sc_test.check(NOT :monitor_reads_state, 'the monitoring role cannot read state');
-SELECT sc_test.check(:monitor_metrics, 'pg_monitor reads the metrics');
-SELECT sc_test.check(:monitor_space, 'pg_monitor reads space');
+SELECT sc_test.check(NOT :'monitor_reads_state'::boolean, 'the monitoring role cannot read state');
+SELECT sc_test.check(:'monitor_metrics'::boolean, 'pg_monitor reads the metrics');
+SELECT sc_test.check(:'monitor_space'::boolean, 'pg_monitor reads space');
