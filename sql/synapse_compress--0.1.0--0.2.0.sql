@@ -96,6 +96,41 @@ CREATE FUNCTION synapse_compress."reset_room"("room_id" TEXT) RETURNS void
 VOLATILE PARALLEL UNSAFE
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c AS 'MODULE_PATHNAME', 'reset_room_wrapper';
+-- What compression won on disk, and what VACUUM can do with it: Synapse's three state
+-- tables, read from the catalogs and the statistics collector only (pg_class,
+-- pg_total_relation_size, pg_stat_get_*_tuples), which need no privilege on the tables:
+-- a pg_monitor role can read this view. One row per state table.
+CREATE VIEW synapse_compress.space AS
+SELECT
+    t.relname::text AS table_name,
+    t.total_bytes,
+    t.heap_bytes,
+    t.live_tuples,
+    t.dead_tuples,
+    round(t.total_bytes::numeric / nullif(t.live_tuples + t.dead_tuples, 0), 1) AS row_bytes,
+    round(t.dead_tuples * t.total_bytes::numeric / nullif(t.live_tuples + t.dead_tuples, 0))::bigint
+        AS vacuum_reusable_bytes_estimate,
+    greatest(t.total_bytes - round(t.live_tuples * w.packed_row_bytes
+                                   * t.total_bytes::numeric / nullif(t.heap_bytes, 0)), 0)::bigint
+        AS vacuum_full_returnable_bytes_estimate
+FROM synapse_compress.control c
+JOIN pg_catalog.pg_namespace n ON n.nspname = c.state_schema
+CROSS JOIN LATERAL (
+    SELECT r.relname, pg_catalog.pg_total_relation_size(r.oid) AS total_bytes,
+           pg_catalog.pg_relation_size(r.oid) AS heap_bytes,
+           pg_catalog.pg_stat_get_live_tuples(r.oid) AS live_tuples,
+           pg_catalog.pg_stat_get_dead_tuples(r.oid) AS dead_tuples
+    FROM pg_catalog.pg_class r
+    WHERE r.relnamespace = n.oid AND r.relkind IN ('r', 'p')
+      AND r.relname IN ('state_groups_state', 'state_group_edges', 'state_groups')) t
+-- A packed row: tuple header and line pointer (28 bytes) and the columns' average
+-- widths; pg_stats shows them only to roles that may read the table, else NULL.
+LEFT JOIN LATERAL (
+    SELECT 28 + sum(s.avg_width) AS packed_row_bytes
+    FROM pg_catalog.pg_stats s
+    WHERE s.schemaname = n.nspname AND s.tablename = t.relname AND NOT s.inherited
+    HAVING count(*) > 0) w ON true;
+
 -- Synapse's tables are read by room_state_groups() and room_progress(), which run as
 -- their owner (src/admin.rs): a view must not run the owner's code as its reader.
 CREATE VIEW synapse_compress.rooms AS
@@ -228,43 +263,10 @@ SET search_path TO pg_catalog, pg_temp
 LANGUAGE c AS 'MODULE_PATHNAME', 'plan_room_json_wrapper';
 
 -- What was won (issue 12): the state tables' size, dead tuples and what VACUUM can do (the
---    space view), bytes saved, and the current run's percent done and ETA, as new
---    columns at the end of status and rooms (rooms is re-created above); plain
---    metrics for Prometheus exporters (the metrics view).
--- What compression won on disk, and what VACUUM can do with it: Synapse's three state
--- tables, read from the catalogs and the statistics collector only (pg_class,
--- pg_total_relation_size, pg_stat_get_*_tuples), which need no privilege on the tables:
--- a pg_monitor role can read this view. One row per state table.
-CREATE VIEW synapse_compress.space AS
-SELECT
-    t.relname::text AS table_name,
-    t.total_bytes,
-    t.heap_bytes,
-    t.live_tuples,
-    t.dead_tuples,
-    round(t.total_bytes::numeric / nullif(t.live_tuples + t.dead_tuples, 0), 1) AS row_bytes,
-    round(t.dead_tuples * t.total_bytes::numeric / nullif(t.live_tuples + t.dead_tuples, 0))::bigint
-        AS vacuum_reusable_bytes_estimate,
-    greatest(t.total_bytes - round(t.live_tuples * w.packed_row_bytes
-                                   * t.total_bytes::numeric / nullif(t.heap_bytes, 0)), 0)::bigint
-        AS vacuum_full_returnable_bytes_estimate
-FROM synapse_compress.control c
-JOIN pg_catalog.pg_namespace n ON n.nspname = c.state_schema
-CROSS JOIN LATERAL (
-    SELECT r.relname, pg_catalog.pg_total_relation_size(r.oid) AS total_bytes,
-           pg_catalog.pg_relation_size(r.oid) AS heap_bytes,
-           pg_catalog.pg_stat_get_live_tuples(r.oid) AS live_tuples,
-           pg_catalog.pg_stat_get_dead_tuples(r.oid) AS dead_tuples
-    FROM pg_catalog.pg_class r
-    WHERE r.relnamespace = n.oid AND r.relkind IN ('r', 'p')
-      AND r.relname IN ('state_groups_state', 'state_group_edges', 'state_groups')) t
--- A packed row: tuple header and line pointer (28 bytes) and the columns' average
--- widths; pg_stats shows them only to roles that may read the table, else NULL.
-LEFT JOIN LATERAL (
-    SELECT 28 + sum(s.avg_width) AS packed_row_bytes
-    FROM pg_catalog.pg_stats s
-    WHERE s.schemaname = n.nspname AND s.tablename = t.relname AND NOT s.inherited
-    HAVING count(*) > 0) w ON true;
+--    space view, created before rooms above, which uses it), bytes saved, and the
+--    current run's percent done and ETA, as new columns at the end of status and rooms
+--    (rooms is re-created above); plain metrics for Prometheus exporters (the metrics
+--    view).
 
 CREATE OR REPLACE VIEW synapse_compress.status AS
 SELECT
