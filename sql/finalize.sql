@@ -13,6 +13,20 @@ COMMENT ON FUNCTION compress_room(text, text, boolean, bigint, bigint, bigint) I
 'Returns one row: room_id, state_groups, groups_changed, groups_skipped, rows_before, rows_after, '
 'forced_snapshots, max_chain_after, dry_run, written, elapsed_ms.';
 
+-- A plan reads the state tables as their owner: for those an admin grants it to, as
+-- compress_room's dry run.
+REVOKE EXECUTE ON FUNCTION plan_room(text, text, bigint, bigint) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION plan_room_json(text, text, bigint, bigint) FROM PUBLIC;
+COMMENT ON FUNCTION plan_room(text, text, bigint, bigint) IS
+'What compress_room(room_id, levels, dry_run => true, after_group => after_group, max_groups => max_groups) would do, one row per state group: '
+'state_group, old_prev (stored predecessor), new_prev, rows_before, rows_after, depth (hops to a snapshot after the plan; NULL when skipped), '
+'action (kept, rewritten or skipped) and reason. The same dry run (same reads, same planner): writes nothing, takes no row locks; '
+'sum(rows_after) is the dry run''s rows_after. levels NULL: synapse_compress.levels. '
+'max_groups (default 10000) bounds the rows held in memory.';
+COMMENT ON FUNCTION plan_room_json(text, text, bigint, bigint) IS
+'plan_room as one jsonb document, the room''s tree after the plan for drawing: room_id, levels, state_groups, rows_before, rows_after, max_depth, '
+'and nodes [{id, prev (after the plan), old_prev, depth, rows (after), rows_before, action}]. Writes nothing, takes no row locks.';
+
 -- Scheduled compression: everything that rewrites or changes the schedule is for
 -- superusers and roles an admin grants it to (see the README for the worker's role).
 REVOKE EXECUTE ON PROCEDURE compress_database(interval, integer) FROM PUBLIC;
@@ -67,8 +81,27 @@ COMMENT ON TABLE synapse_compress.room_queue IS
 COMMENT ON TABLE synapse_compress.runs IS
 'History of scheduled runs (worker and compress_database), kept for synapse_compress.history_days days.';
 COMMENT ON VIEW synapse_compress.status IS
-'One row: is the worker registered and running, enabled, paused; the current run, room and group; the last run and its outcome; the next run; totals.';
+'One row: is the worker registered and running, enabled, paused; the current run, room and group; the last run and its outcome; the next run; totals; '
+'bytes_saved_estimate (rows_saved_total times state_groups_state''s bytes per row now, table and indexes: see the space view), '
+'the state tables'' size and state_groups_state''s dead tuples, what VACUUM would make reusable and VACUUM FULL / pg_repack give back (sums of the space view); '
+'run_percent_done (groups the current run did, of those plus the groups still pending) and run_eta (at the run''s rate so far).';
 COMMENT ON VIEW synapse_compress.rooms IS
 'Per room: state groups, compressed up to (state_compressor_progress), saved levels (length/size, finest first), '
-'pending groups and rows, rows saved, chunks written and undone, last error, next retry.';
+'pending groups and rows, rows saved, chunks written and undone, last error, next retry; '
+'bytes_saved_estimate (rows_saved times state_groups_state''s bytes per row now: see the space view).';
+-- Monitoring: the metrics and space views read no Synapse table, only the extension's
+-- bookkeeping and the catalogs; pg_monitor (and roles granted it) may read them.
+GRANT USAGE ON SCHEMA synapse_compress TO pg_monitor;
+GRANT SELECT ON synapse_compress.metrics, synapse_compress.space TO pg_monitor;
+COMMENT ON VIEW synapse_compress.space IS
+'Per state table (state_groups_state, state_group_edges, state_groups): total_bytes (pg_total_relation_size: heap, indexes, TOAST), heap_bytes, '
+'live_tuples and dead_tuples (statistics collector), row_bytes (total_bytes per row version now, free space included), '
+'vacuum_reusable_bytes_estimate (dead tuples times row_bytes: what plain VACUUM makes reusable inside the files, without giving it back), '
+'vacuum_full_returnable_bytes_estimate (total_bytes minus the live rows packed, a packed row being 28 bytes plus pg_stats'' avg_width of its columns, '
+'indexes in proportion: what VACUUM FULL or pg_repack could give back to the file system; NULL for a role that may not read the table''s pg_stats). '
+'Catalog functions only: no privilege on Synapse''s tables is needed.';
+COMMENT ON VIEW synapse_compress.metrics IS
+'Plain numeric metrics for a Prometheus SQL exporter: metric (synapse_compress_*), value (NaN when unknown now), type (counter or gauge), help. '
+'Read by pg_monitor; see the README for postgres_exporter and sql_exporter configurations.';
+
 -- The tool's tables get no COMMENT: when adopted they are not ours to annotate.

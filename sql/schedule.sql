@@ -75,6 +75,41 @@ SELECT pg_catalog.pg_extension_config_dump('synapse_compress.control', '');
 SELECT pg_catalog.pg_extension_config_dump('synapse_compress.room_queue', '');
 SELECT pg_catalog.pg_extension_config_dump('synapse_compress.runs', '');
 
+-- What compression won on disk, and what VACUUM can do with it: Synapse's three state
+-- tables, read from the catalogs and the statistics collector only (pg_class,
+-- pg_total_relation_size, pg_stat_get_*_tuples), which need no privilege on the tables:
+-- a pg_monitor role can read this view. One row per state table.
+CREATE VIEW synapse_compress.space AS
+SELECT
+    t.relname::text AS table_name,
+    t.total_bytes,
+    t.heap_bytes,
+    t.live_tuples,
+    t.dead_tuples,
+    round(t.total_bytes::numeric / nullif(t.live_tuples + t.dead_tuples, 0), 1) AS row_bytes,
+    round(t.dead_tuples * t.total_bytes::numeric / nullif(t.live_tuples + t.dead_tuples, 0))::bigint
+        AS vacuum_reusable_bytes_estimate,
+    greatest(t.total_bytes - round(t.live_tuples * w.packed_row_bytes
+                                   * t.total_bytes::numeric / nullif(t.heap_bytes, 0)), 0)::bigint
+        AS vacuum_full_returnable_bytes_estimate
+FROM synapse_compress.control c
+JOIN pg_catalog.pg_namespace n ON n.nspname = c.state_schema
+CROSS JOIN LATERAL (
+    SELECT r.relname, pg_catalog.pg_total_relation_size(r.oid) AS total_bytes,
+           pg_catalog.pg_relation_size(r.oid) AS heap_bytes,
+           pg_catalog.pg_stat_get_live_tuples(r.oid) AS live_tuples,
+           pg_catalog.pg_stat_get_dead_tuples(r.oid) AS dead_tuples
+    FROM pg_catalog.pg_class r
+    WHERE r.relnamespace = n.oid AND r.relkind IN ('r', 'p')
+      AND r.relname IN ('state_groups_state', 'state_group_edges', 'state_groups')) t
+-- A packed row: tuple header and line pointer (28 bytes) and the columns' average
+-- widths; pg_stats shows them only to roles that may read the table, else NULL.
+LEFT JOIN LATERAL (
+    SELECT 28 + sum(s.avg_width) AS packed_row_bytes
+    FROM pg_catalog.pg_stats s
+    WHERE s.schemaname = n.nspname AND s.tablename = t.relname AND NOT s.inherited
+    HAVING count(*) > 0) w ON true;
+
 CREATE VIEW synapse_compress.status AS
 SELECT
     synapse_compress.worker_registered() AS worker_registered,
@@ -99,12 +134,28 @@ SELECT
     c.rows_saved AS rows_saved_total,
     (SELECT count(*) FROM synapse_compress.room_queue q WHERE q.pending_groups > 0) AS rooms_pending,
     (SELECT coalesce(sum(q.pending_rows), 0) FROM synapse_compress.room_queue q) AS rows_pending,
-    (SELECT count(*) FROM synapse_compress.room_queue q WHERE q.error_count > 0) AS rooms_failing
+    (SELECT count(*) FROM synapse_compress.room_queue q WHERE q.error_count > 0) AS rooms_failing,
+    round(c.rows_saved * sp.row_bytes)::bigint AS bytes_saved_estimate,
+    sp.state_tables_bytes,
+    sp.state_dead_tuples,
+    sp.vacuum_reusable_bytes_estimate,
+    sp.vacuum_full_returnable_bytes_estimate,
+    round(100.0 * cur.groups / nullif(cur.groups + pend.groups, 0), 1) AS run_percent_done,
+    CASE WHEN cur.groups > 0
+         THEN clock_timestamp() + (clock_timestamp() - cur.started_at) * (pend.groups::float8 / cur.groups)
+    END AS run_eta
 FROM synapse_compress.control c
 LEFT JOIN LATERAL (SELECT * FROM synapse_compress.runs r WHERE r.outcome = 'running'
                    ORDER BY r.run_id DESC LIMIT 1) cur ON true
 LEFT JOIN LATERAL (SELECT * FROM synapse_compress.runs r WHERE r.outcome <> 'running'
-                   ORDER BY r.run_id DESC LIMIT 1) last ON true;
+                   ORDER BY r.run_id DESC LIMIT 1) last ON true
+CROSS JOIN (SELECT coalesce(sum(q.pending_groups), 0) AS groups FROM synapse_compress.room_queue q) pend
+CROSS JOIN (SELECT sum(x.total_bytes)::bigint AS state_tables_bytes,
+                   max(x.dead_tuples) FILTER (WHERE x.table_name = 'state_groups_state') AS state_dead_tuples,
+                   max(x.row_bytes) FILTER (WHERE x.table_name = 'state_groups_state') AS row_bytes,
+                   sum(x.vacuum_reusable_bytes_estimate)::bigint AS vacuum_reusable_bytes_estimate,
+                   sum(x.vacuum_full_returnable_bytes_estimate)::bigint AS vacuum_full_returnable_bytes_estimate
+            FROM synapse_compress.space x) sp;
 
 -- Synapse's tables are read by room_state_groups() and room_progress(), which run as
 -- their owner (src/admin.rs): a view must not run the owner's code as its reader.
@@ -123,9 +174,56 @@ SELECT
     q.last_chunk_at,
     q.last_error,
     q.error_count,
-    q.next_retry
+    q.next_retry,
+    round(q.rows_saved * (SELECT x.row_bytes FROM synapse_compress.space x
+                          WHERE x.table_name = 'state_groups_state'))::bigint AS bytes_saved_estimate
 FROM synapse_compress.room_queue q
 LEFT JOIN synapse_compress.room_progress() p USING (room_id);
+
+-- Plain numeric metrics for a Prometheus SQL exporter (postgres_exporter's custom
+-- queries, sql_exporter): one row per metric, named as Prometheus names them. Read
+-- from the views above; granted to pg_monitor. A value unknown now is NaN.
+CREATE VIEW synapse_compress.metrics AS
+SELECT m.metric, coalesce(m.value::double precision, 'NaN') AS value, m.type, m.help
+FROM synapse_compress.status s
+CROSS JOIN LATERAL (VALUES
+    ('synapse_compress_rows_saved_total', s.rows_saved_total::numeric, 'counter',
+     'State rows (state_groups_state) removed by scheduled runs since installation.'),
+    ('synapse_compress_bytes_saved_estimate', s.bytes_saved_estimate::numeric, 'gauge',
+     'Rows saved times the bytes a state row takes now (table and indexes); see the status view.'),
+    ('synapse_compress_rows_pending', s.rows_pending::numeric, 'gauge',
+     'State rows of groups not yet compressed.'),
+    ('synapse_compress_rooms_pending', s.rooms_pending::numeric, 'gauge',
+     'Rooms with groups not yet compressed.'),
+    ('synapse_compress_rooms_failing', s.rooms_failing::numeric, 'gauge',
+     'Rooms whose last chunk failed (retried later; see the rooms view).'),
+    ('synapse_compress_state_tables_bytes', s.state_tables_bytes::numeric, 'gauge',
+     'Size of Synapse''s state tables with their indexes and TOAST.'),
+    ('synapse_compress_state_dead_tuples', s.state_dead_tuples::numeric, 'gauge',
+     'Dead tuples in state_groups_state (what VACUUM has yet to clean).'),
+    ('synapse_compress_vacuum_reusable_bytes_estimate', s.vacuum_reusable_bytes_estimate::numeric, 'gauge',
+     'Bytes of dead tuples in the state tables that VACUUM would make reusable.'),
+    ('synapse_compress_vacuum_full_returnable_bytes_estimate', s.vacuum_full_returnable_bytes_estimate::numeric, 'gauge',
+     'Bytes VACUUM FULL or pg_repack could give back to the file system (NaN when the reader cannot see pg_stats).'),
+    ('synapse_compress_paused', s.paused::int::numeric, 'gauge',
+     '1 when pause() is in force.'),
+    ('synapse_compress_workers_running', s.workers_running::numeric, 'gauge',
+     'Background workers running.'),
+    ('synapse_compress_run_running', (s.current_run IS NOT NULL)::int::numeric, 'gauge',
+     '1 while a scheduled run is under way.'),
+    ('synapse_compress_run_percent_done', s.run_percent_done, 'gauge',
+     'Groups the current run has done, percent of those it has and had pending.'),
+    ('synapse_compress_run_eta_timestamp_seconds', extract(epoch FROM s.run_eta), 'gauge',
+     'When the current run should end at its rate so far (Unix time).'),
+    ('synapse_compress_last_run_duration_seconds', extract(epoch FROM s.last_run_finished - s.last_run_started), 'gauge',
+     'Duration of the last finished run.'),
+    ('synapse_compress_last_run_finished_timestamp_seconds', extract(epoch FROM s.last_run_finished), 'gauge',
+     'When the last run finished (Unix time).'),
+    ('synapse_compress_last_run_errors', (SELECT r.errors FROM synapse_compress.runs r
+                                          WHERE r.outcome <> 'running'
+                                          ORDER BY r.run_id DESC LIMIT 1)::numeric, 'gauge',
+     'Chunks that failed in the last finished run.')
+) AS m(metric, value, type, help);
 
 CREATE FUNCTION synapse_compress.pause() RETURNS void
 LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$

@@ -96,6 +96,41 @@ CREATE FUNCTION synapse_compress."reset_room"("room_id" TEXT) RETURNS void
 VOLATILE PARALLEL UNSAFE
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c AS 'MODULE_PATHNAME', 'reset_room_wrapper';
+-- What compression won on disk, and what VACUUM can do with it: Synapse's three state
+-- tables, read from the catalogs and the statistics collector only (pg_class,
+-- pg_total_relation_size, pg_stat_get_*_tuples), which need no privilege on the tables:
+-- a pg_monitor role can read this view. One row per state table.
+CREATE VIEW synapse_compress.space AS
+SELECT
+    t.relname::text AS table_name,
+    t.total_bytes,
+    t.heap_bytes,
+    t.live_tuples,
+    t.dead_tuples,
+    round(t.total_bytes::numeric / nullif(t.live_tuples + t.dead_tuples, 0), 1) AS row_bytes,
+    round(t.dead_tuples * t.total_bytes::numeric / nullif(t.live_tuples + t.dead_tuples, 0))::bigint
+        AS vacuum_reusable_bytes_estimate,
+    greatest(t.total_bytes - round(t.live_tuples * w.packed_row_bytes
+                                   * t.total_bytes::numeric / nullif(t.heap_bytes, 0)), 0)::bigint
+        AS vacuum_full_returnable_bytes_estimate
+FROM synapse_compress.control c
+JOIN pg_catalog.pg_namespace n ON n.nspname = c.state_schema
+CROSS JOIN LATERAL (
+    SELECT r.relname, pg_catalog.pg_total_relation_size(r.oid) AS total_bytes,
+           pg_catalog.pg_relation_size(r.oid) AS heap_bytes,
+           pg_catalog.pg_stat_get_live_tuples(r.oid) AS live_tuples,
+           pg_catalog.pg_stat_get_dead_tuples(r.oid) AS dead_tuples
+    FROM pg_catalog.pg_class r
+    WHERE r.relnamespace = n.oid AND r.relkind IN ('r', 'p')
+      AND r.relname IN ('state_groups_state', 'state_group_edges', 'state_groups')) t
+-- A packed row: tuple header and line pointer (28 bytes) and the columns' average
+-- widths; pg_stats shows them only to roles that may read the table, else NULL.
+LEFT JOIN LATERAL (
+    SELECT 28 + sum(s.avg_width) AS packed_row_bytes
+    FROM pg_catalog.pg_stats s
+    WHERE s.schemaname = n.nspname AND s.tablename = t.relname AND NOT s.inherited
+    HAVING count(*) > 0) w ON true;
+
 -- Synapse's tables are read by room_state_groups() and room_progress(), which run as
 -- their owner (src/admin.rs): a view must not run the owner's code as its reader.
 CREATE VIEW synapse_compress.rooms AS
@@ -113,7 +148,9 @@ SELECT
     q.last_chunk_at,
     q.last_error,
     q.error_count,
-    q.next_retry
+    q.next_retry,
+    round(q.rows_saved * (SELECT x.row_bytes FROM synapse_compress.space x
+                          WHERE x.table_name = 'state_groups_state'))::bigint AS bytes_saved_estimate
 FROM synapse_compress.room_queue q
 LEFT JOIN synapse_compress.room_progress() p USING (room_id);
 
@@ -195,6 +232,134 @@ BEGIN
         r.chunks, r.rooms, r.groups, r.rows_before, r.rows_after, r.errors, run, outcome;
 END $$;
 
+-- plan_room and plan_room_json (issue 12): what compress_room would do, group by group.
+CREATE FUNCTION "plan_room"(
+    "room_id" TEXT,
+    "levels" TEXT DEFAULT NULL,
+    "after_group" bigint DEFAULT 0,
+    "max_groups" bigint DEFAULT 10000
+) RETURNS TABLE (
+    "state_group" bigint,
+    "old_prev" bigint,
+    "new_prev" bigint,
+    "rows_before" bigint,
+    "rows_after" bigint,
+    "depth" INT,
+    "action" TEXT,
+    "reason" TEXT
+)
+VOLATILE PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c AS 'MODULE_PATHNAME', 'plan_room_wrapper';
+
+CREATE FUNCTION "plan_room_json"(
+    "room_id" TEXT,
+    "levels" TEXT DEFAULT NULL,
+    "after_group" bigint DEFAULT 0,
+    "max_groups" bigint DEFAULT 10000
+) RETURNS jsonb
+VOLATILE PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c AS 'MODULE_PATHNAME', 'plan_room_json_wrapper';
+
+-- What was won (issue 12): the state tables' size, dead tuples and what VACUUM can do (the
+--    space view, created before rooms above, which uses it), bytes saved, and the
+--    current run's percent done and ETA, as new columns at the end of status and rooms
+--    (rooms is re-created above); plain metrics for Prometheus exporters (the metrics
+--    view).
+
+CREATE OR REPLACE VIEW synapse_compress.status AS
+SELECT
+    synapse_compress.worker_registered() AS worker_registered,
+    (SELECT count(*) FROM pg_stat_activity a
+      WHERE a.backend_type = 'synapse_compress worker')::int AS workers_running,
+    current_setting('synapse_compress.enabled', true)::boolean AS enabled,
+    c.paused,
+    cur.run_id AS current_run,
+    cur.current_room,
+    cur.current_group,
+    last.started_at AS last_run_started,
+    last.finished_at AS last_run_finished,
+    last.outcome AS last_run_outcome,
+    CASE WHEN c.paused OR NOT coalesce(current_setting('synapse_compress.enabled', true)::boolean, false)
+              OR NOT synapse_compress.worker_registered() THEN NULL
+         WHEN cur.run_id IS NOT NULL THEN cur.started_at
+         WHEN c.wake_requested_at > coalesce(last.started_at, '-infinity') THEN c.wake_requested_at
+         ELSE coalesce(last.finished_at, now())
+              + make_interval(secs => (SELECT s.setting::int FROM pg_settings s
+                                       WHERE s.name = 'synapse_compress.interval'))
+    END AS next_run,
+    c.rows_saved AS rows_saved_total,
+    (SELECT count(*) FROM synapse_compress.room_queue q WHERE q.pending_groups > 0) AS rooms_pending,
+    (SELECT coalesce(sum(q.pending_rows), 0) FROM synapse_compress.room_queue q) AS rows_pending,
+    (SELECT count(*) FROM synapse_compress.room_queue q WHERE q.error_count > 0) AS rooms_failing,
+    round(c.rows_saved * sp.row_bytes)::bigint AS bytes_saved_estimate,
+    sp.state_tables_bytes,
+    sp.state_dead_tuples,
+    sp.vacuum_reusable_bytes_estimate,
+    sp.vacuum_full_returnable_bytes_estimate,
+    round(100.0 * cur.groups / nullif(cur.groups + pend.groups, 0), 1) AS run_percent_done,
+    CASE WHEN cur.groups > 0
+         THEN clock_timestamp() + (clock_timestamp() - cur.started_at) * (pend.groups::float8 / cur.groups)
+    END AS run_eta
+FROM synapse_compress.control c
+LEFT JOIN LATERAL (SELECT * FROM synapse_compress.runs r WHERE r.outcome = 'running'
+                   ORDER BY r.run_id DESC LIMIT 1) cur ON true
+LEFT JOIN LATERAL (SELECT * FROM synapse_compress.runs r WHERE r.outcome <> 'running'
+                   ORDER BY r.run_id DESC LIMIT 1) last ON true
+CROSS JOIN (SELECT coalesce(sum(q.pending_groups), 0) AS groups FROM synapse_compress.room_queue q) pend
+CROSS JOIN (SELECT sum(x.total_bytes)::bigint AS state_tables_bytes,
+                   max(x.dead_tuples) FILTER (WHERE x.table_name = 'state_groups_state') AS state_dead_tuples,
+                   max(x.row_bytes) FILTER (WHERE x.table_name = 'state_groups_state') AS row_bytes,
+                   sum(x.vacuum_reusable_bytes_estimate)::bigint AS vacuum_reusable_bytes_estimate,
+                   sum(x.vacuum_full_returnable_bytes_estimate)::bigint AS vacuum_full_returnable_bytes_estimate
+            FROM synapse_compress.space x) sp;
+
+-- Plain numeric metrics for a Prometheus SQL exporter (postgres_exporter's custom
+-- queries, sql_exporter): one row per metric, named as Prometheus names them. Read
+-- from the views above; granted to pg_monitor. A value unknown now is NaN.
+CREATE VIEW synapse_compress.metrics AS
+SELECT m.metric, coalesce(m.value::double precision, 'NaN') AS value, m.type, m.help
+FROM synapse_compress.status s
+CROSS JOIN LATERAL (VALUES
+    ('synapse_compress_rows_saved_total', s.rows_saved_total::numeric, 'counter',
+     'State rows (state_groups_state) removed by scheduled runs since installation.'),
+    ('synapse_compress_bytes_saved_estimate', s.bytes_saved_estimate::numeric, 'gauge',
+     'Rows saved times the bytes a state row takes now (table and indexes); see the status view.'),
+    ('synapse_compress_rows_pending', s.rows_pending::numeric, 'gauge',
+     'State rows of groups not yet compressed.'),
+    ('synapse_compress_rooms_pending', s.rooms_pending::numeric, 'gauge',
+     'Rooms with groups not yet compressed.'),
+    ('synapse_compress_rooms_failing', s.rooms_failing::numeric, 'gauge',
+     'Rooms whose last chunk failed (retried later; see the rooms view).'),
+    ('synapse_compress_state_tables_bytes', s.state_tables_bytes::numeric, 'gauge',
+     'Size of Synapse''s state tables with their indexes and TOAST.'),
+    ('synapse_compress_state_dead_tuples', s.state_dead_tuples::numeric, 'gauge',
+     'Dead tuples in state_groups_state (what VACUUM has yet to clean).'),
+    ('synapse_compress_vacuum_reusable_bytes_estimate', s.vacuum_reusable_bytes_estimate::numeric, 'gauge',
+     'Bytes of dead tuples in the state tables that VACUUM would make reusable.'),
+    ('synapse_compress_vacuum_full_returnable_bytes_estimate', s.vacuum_full_returnable_bytes_estimate::numeric, 'gauge',
+     'Bytes VACUUM FULL or pg_repack could give back to the file system (NaN when the reader cannot see pg_stats).'),
+    ('synapse_compress_paused', s.paused::int::numeric, 'gauge',
+     '1 when pause() is in force.'),
+    ('synapse_compress_workers_running', s.workers_running::numeric, 'gauge',
+     'Background workers running.'),
+    ('synapse_compress_run_running', (s.current_run IS NOT NULL)::int::numeric, 'gauge',
+     '1 while a scheduled run is under way.'),
+    ('synapse_compress_run_percent_done', s.run_percent_done, 'gauge',
+     'Groups the current run has done, percent of those it has and had pending.'),
+    ('synapse_compress_run_eta_timestamp_seconds', extract(epoch FROM s.run_eta), 'gauge',
+     'When the current run should end at its rate so far (Unix time).'),
+    ('synapse_compress_last_run_duration_seconds', extract(epoch FROM s.last_run_finished - s.last_run_started), 'gauge',
+     'Duration of the last finished run.'),
+    ('synapse_compress_last_run_finished_timestamp_seconds', extract(epoch FROM s.last_run_finished), 'gauge',
+     'When the last run finished (Unix time).'),
+    ('synapse_compress_last_run_errors', (SELECT r.errors FROM synapse_compress.runs r
+                                          WHERE r.outcome <> 'running'
+                                          ORDER BY r.run_id DESC LIMIT 1)::numeric, 'gauge',
+     'Chunks that failed in the last finished run.')
+) AS m(metric, value, type, help);
+
 -- Grants and comments of what was (re)created above.
 REVOKE EXECUTE ON FUNCTION synapse_compress.reset_room(text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION synapse_compress.set_state_schema(text) FROM PUBLIC;
@@ -210,4 +375,38 @@ COMMENT ON FUNCTION synapse_compress.set_state_schema(text) IS
 'Rewrites run as the owner of those tables, security-restricted; see the README, Security.';
 COMMENT ON VIEW synapse_compress.rooms IS
 'Per room: state groups, compressed up to (state_compressor_progress), saved levels (length/size, finest first), '
-'pending groups and rows, rows saved, chunks written and undone, last error, next retry.';
+'pending groups and rows, rows saved, chunks written and undone, last error, next retry; '
+'bytes_saved_estimate (rows_saved times state_groups_state''s bytes per row now: see the space view).';
+COMMENT ON VIEW synapse_compress.status IS
+'One row: is the worker registered and running, enabled, paused; the current run, room and group; the last run and its outcome; the next run; totals; '
+'bytes_saved_estimate (rows_saved_total times state_groups_state''s bytes per row now, table and indexes: see the space view), '
+'the state tables'' size and state_groups_state''s dead tuples, what VACUUM would make reusable and VACUUM FULL / pg_repack give back (sums of the space view); '
+'run_percent_done (groups the current run did, of those plus the groups still pending) and run_eta (at the run''s rate so far).';
+
+-- Monitoring: the metrics and space views read no Synapse table, only the extension's
+-- bookkeeping and the catalogs; pg_monitor (and roles granted it) may read them.
+GRANT USAGE ON SCHEMA synapse_compress TO pg_monitor;
+GRANT SELECT ON synapse_compress.metrics, synapse_compress.space TO pg_monitor;
+COMMENT ON VIEW synapse_compress.space IS
+'Per state table (state_groups_state, state_group_edges, state_groups): total_bytes (pg_total_relation_size: heap, indexes, TOAST), heap_bytes, '
+'live_tuples and dead_tuples (statistics collector), row_bytes (total_bytes per row version now, free space included), '
+'vacuum_reusable_bytes_estimate (dead tuples times row_bytes: what plain VACUUM makes reusable inside the files, without giving it back), '
+'vacuum_full_returnable_bytes_estimate (total_bytes minus the live rows packed, a packed row being 28 bytes plus pg_stats'' avg_width of its columns, '
+'indexes in proportion: what VACUUM FULL or pg_repack could give back to the file system; NULL for a role that may not read the table''s pg_stats). '
+'Catalog functions only: no privilege on Synapse''s tables is needed.';
+COMMENT ON VIEW synapse_compress.metrics IS
+'Plain numeric metrics for a Prometheus SQL exporter: metric (synapse_compress_*), value (NaN when unknown now), type (counter or gauge), help. '
+'Read by pg_monitor; see the README for postgres_exporter and sql_exporter configurations.';
+-- A plan reads the state tables as their owner: for those an admin grants it to, as
+-- compress_room's dry run.
+REVOKE EXECUTE ON FUNCTION plan_room(text, text, bigint, bigint) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION plan_room_json(text, text, bigint, bigint) FROM PUBLIC;
+COMMENT ON FUNCTION plan_room(text, text, bigint, bigint) IS
+'What compress_room(room_id, levels, dry_run => true, after_group => after_group, max_groups => max_groups) would do, one row per state group: '
+'state_group, old_prev (stored predecessor), new_prev, rows_before, rows_after, depth (hops to a snapshot after the plan; NULL when skipped), '
+'action (kept, rewritten or skipped) and reason. The same dry run (same reads, same planner): writes nothing, takes no row locks; '
+'sum(rows_after) is the dry run''s rows_after. levels NULL: synapse_compress.levels. '
+'max_groups (default 10000) bounds the rows held in memory.';
+COMMENT ON FUNCTION plan_room_json(text, text, bigint, bigint) IS
+'plan_room as one jsonb document, the room''s tree after the plan for drawing: room_id, levels, state_groups, rows_before, rows_after, max_depth, '
+'and nodes [{id, prev (after the plan), old_prev, depth, rows (after), rows_before, action}]. Writes nothing, takes no row locks.';

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use synapse_compress_core::engine::{self, NotWritten, Options, Summary};
-use synapse_compress_core::planner::SkipReason;
 use synapse_compress_core::{Error, LevelSpec};
 
 use crate::errors::{self, raise, report, required};
@@ -47,21 +46,7 @@ fn compress_room(
     let levels = LevelSpec::parse(required(levels, "levels")).unwrap_or_else(|e| raise(e));
     let dry_run = required(dry_run, "dry_run");
     let min_saved_rows = required(min_saved_rows, "min_saved_rows");
-    if room.is_empty() {
-        raise(Error::InvalidArgument {
-            name: "room_id",
-            reason: "it is empty".into(),
-        });
-    }
-    let opts = Options {
-        levels,
-        chunk_size: gucs::CHUNK_SIZE.get() as usize,
-        dry_run,
-        after_group,
-        max_groups,
-        memory_limit: gucs::memory_limit(),
-    };
-    opts.validate().unwrap_or_else(|e| raise(e));
+    let opts = room_options(room, levels, dry_run, after_group, max_groups);
     if min_saved_rows < 0 {
         raise(Error::InvalidArgument {
             name: "min_saved_rows",
@@ -112,6 +97,33 @@ fn compress_room(
     ))
 }
 
+/// A run's options from a SQL call's arguments and the settings, checked (the room id
+/// too): raises 22023 on a bad one.
+pub fn room_options(
+    room: &str,
+    levels: LevelSpec,
+    dry_run: bool,
+    after_group: Option<i64>,
+    max_groups: Option<i64>,
+) -> Options {
+    if room.is_empty() {
+        raise(Error::InvalidArgument {
+            name: "room_id",
+            reason: "it is empty".into(),
+        });
+    }
+    let opts = Options {
+        levels,
+        chunk_size: gucs::CHUNK_SIZE.get() as usize,
+        dry_run,
+        after_group,
+        max_groups,
+        memory_limit: gucs::memory_limit(),
+    };
+    opts.validate().unwrap_or_else(|e| raise(e));
+    opts
+}
+
 /// The compression itself, in one SPI connection, as the state tables' owner.
 fn run(room: &str, opts: Options, dry_run: bool, min_saved_rows: i64) -> Result<Summary, Error> {
     Spi::connect_mut(|client| {
@@ -140,15 +152,7 @@ fn compress_as_owner(
     let mut last_notice = Instant::now();
     let mut on_chunk = |run: &engine::Run, chunk: &engine::ChunkReport| {
         for (group, reason) in chunk.skipped.iter().take(3) {
-            let why = match reason {
-                SkipReason::Frozen => "pending deletion or being persisted".to_string(),
-                SkipReason::Broken(why) => why.to_string(),
-                SkipReason::Tangled => {
-                    "a malformed group (several predecessors, or a higher one) reaches it"
-                        .to_string()
-                }
-            };
-            notice!("compress_room {room}: state group {group} left unchanged: {why}");
+            notice!("compress_room {room}: state group {group} left unchanged: {reason}");
         }
         if chunk.skipped.len() > 3 {
             notice!(

@@ -5,6 +5,8 @@
 //! - `api`: `compress_room`, the one-room SQL function;
 //! - `schedule`: scheduled runs over the whole database, one chunk per transaction;
 //! - `worker`: the background worker that drives `schedule` on a timer;
+//! - `plan`: `plan_room` and `plan_room_json`, what `compress_room` would do, group
+//!   by group;
 //! - `admin`: the `synapse_compress.*` SQL functions behind `CALL compress_database()`;
 //! - `progress`: a room's saved levels (the existing tool's tables);
 //! - `owner`: where Synapse's tables are, and running every access to them as their
@@ -21,6 +23,7 @@ mod api;
 mod errors;
 mod gucs;
 mod owner;
+mod plan;
 mod progress;
 mod schedule;
 mod spi;

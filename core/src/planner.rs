@@ -45,6 +45,19 @@ pub enum SkipReason {
     Tangled,
 }
 
+impl std::fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SkipReason::Frozen => write!(f, "pending deletion or being persisted"),
+            SkipReason::Broken(why) => write!(f, "{why}"),
+            SkipReason::Tangled => write!(
+                f,
+                "a malformed group (several predecessors, or a higher one) reaches it"
+            ),
+        }
+    }
+}
+
 /// Why a group's stored state is not well defined.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Broken {

@@ -21,7 +21,7 @@ pub use chunk::{
     compress_chunk, ChunkLimits, ChunkOutcome, ChunkResult, Progress, MAX_CHUNK_GROWTH,
 };
 pub use memory::MemoryBudget;
-pub use room::compress_room;
+pub use room::{compress_room, plan_room};
 pub use run::{Checkpoint, Run};
 
 use crate::error::{Error, Result};
@@ -133,6 +133,8 @@ pub struct ChunkReport {
     pub rows_before: u64,
     pub rows_after: u64,
     pub skipped: Vec<(GroupId, SkipReason)>,
+    /// Every group's plan, in id order, when the run records them (`Run::record_plan`).
+    pub plan: Vec<GroupPlan>,
 }
 
 impl ChunkReport {
@@ -147,5 +149,69 @@ impl ChunkReport {
         self.rows_before += next.rows_before;
         self.rows_after += next.rows_after;
         self.skipped.extend(next.skipped);
+        self.plan.extend(next.plan);
+    }
+}
+
+/// What a run does, or would do, with one group: the rows of `plan_room`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupPlan {
+    pub group: GroupId,
+    /// The stored predecessor (the first one, for a group with several).
+    pub old_prev: Option<GroupId>,
+    /// The predecessor after the run (the stored one for kept and skipped groups).
+    pub new_prev: Option<GroupId>,
+    pub rows_before: u64,
+    pub rows_after: u64,
+    /// Hops to a snapshot in the new tree; `None` for a skipped group (left as stored).
+    pub depth: Option<u32>,
+    pub action: PlanAction,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PlanAction {
+    /// Left as stored: its predecessor and delta are already the plan's.
+    Kept,
+    /// A new predecessor and delta (`forced_snapshot`: the levels asked for a
+    /// predecessor but no usable base was found, so it becomes a full snapshot).
+    Rewritten { forced_snapshot: bool },
+    /// Left as stored and never used as a base.
+    Skipped(SkipReason),
+}
+
+impl PlanAction {
+    /// `kept`, `rewritten` or `skipped`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            PlanAction::Kept => "kept",
+            PlanAction::Rewritten { .. } => "rewritten",
+            PlanAction::Skipped(_) => "skipped",
+        }
+    }
+}
+
+impl GroupPlan {
+    /// Why, in words, for an admin reading the plan.
+    pub fn reason(&self) -> String {
+        match &self.action {
+            PlanAction::Kept => match self.old_prev {
+                Some(p) => format!("already a delta from {p} as the levels place it"),
+                None => "already a snapshot where the levels start one".into(),
+            },
+            PlanAction::Rewritten {
+                forced_snapshot: true,
+            } => "no usable base group: stored as a full snapshot".into(),
+            PlanAction::Rewritten { .. } => match self.new_prev {
+                Some(p) => format!(
+                    "delta from {p}: {} rows instead of {}",
+                    self.rows_after, self.rows_before
+                ),
+                None => format!(
+                    "a level starts here: a snapshot of {} rows instead of {}",
+                    self.rows_after, self.rows_before
+                ),
+            },
+            PlanAction::Skipped(why) => why.to_string(),
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! `compress_room`: a room (or part of it) in one atomic unit.
 
-use super::{NotWritten, Options, Progress, Run, Summary};
+use super::{GroupPlan, NotWritten, Options, Progress, Run, Summary};
 use crate::error::{Error, Result};
 use crate::store::Store;
 
@@ -66,4 +66,30 @@ pub fn compress_room(
     }
     summary.elapsed_ms = run.started.elapsed().as_millis() as u64;
     Ok(summary)
+}
+
+/// What `compress_room` would do to a room, group by group, writing nothing: a dry
+/// run of the same `Run` (same load path, same planner) that records each group's
+/// plan. The sum of the plans' `rows_after` is the dry run's `rows_after`. The plans
+/// are held in memory beside the run's budget: bound them with `opts.max_groups`.
+pub fn plan_room(
+    store: &mut dyn Store,
+    room: &str,
+    mut opts: Options,
+) -> Result<(Summary, Vec<GroupPlan>)> {
+    opts.dry_run = true;
+    let mut run = Run::start(store, room, opts)?;
+    run.record_plan();
+    let mut plans = Vec::new();
+    loop {
+        store.check_interrupts();
+        match run.step(store)? {
+            Some(report) => plans.extend(report.plan),
+            None => break,
+        }
+    }
+    let mut summary = run.summary.clone();
+    summary.not_written = Some(NotWritten::DryRun);
+    summary.elapsed_ms = run.started.elapsed().as_millis() as u64;
+    Ok((summary, plans))
 }

@@ -6,7 +6,7 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use super::memory::{charge_loaded, map_bytes, rewrite_bytes, vec_bytes, MemoryBudget};
-use super::{ChunkReport, Options, Summary, MAX_RESOLVE_HOPS};
+use super::{ChunkReport, GroupPlan, Options, PlanAction, Summary, MAX_RESOLVE_HOPS};
 use crate::error::{Error, Result};
 use crate::hash::{FxHashMap, FxHashSet};
 use crate::levels::Levels;
@@ -66,6 +66,8 @@ pub struct Run {
     pub(super) summary: Summary,
     pub(super) started: Instant,
     finished: bool,
+    /// Fill each `ChunkReport::plan` (see `record_plan`).
+    record: bool,
 }
 
 impl Run {
@@ -121,6 +123,7 @@ impl Run {
             summary,
             started: Instant::now(),
             finished: false,
+            record: false,
         })
     }
 
@@ -129,6 +132,10 @@ impl Run {
     }
     pub fn levels(&self) -> &Levels {
         &self.levels
+    }
+    /// Report every group's plan in each chunk's `ChunkReport::plan` (`plan_room`).
+    pub fn record_plan(&mut self) {
+        self.record = true;
     }
     /// The last group processed (the next chunk starts after it).
     pub fn position(&self) -> GroupId {
@@ -368,6 +375,7 @@ impl Run {
         let mut states: FxHashMap<GroupId, Option<Rc<State>>> = FxHashMap::default();
         let mut inputs = Vec::with_capacity(n);
         let mut raw_rows = Vec::with_capacity(n);
+        let mut raw_prevs = Vec::with_capacity(if self.record { n } else { 0 });
         let mut report = ChunkReport {
             first: chunk.groups[0].id,
             last: chunk.groups[n - 1].id,
@@ -377,6 +385,9 @@ impl Run {
         let tangled = self.tangled.clone().unwrap_or_default();
         for (g, bytes) in chunk.groups.into_iter().zip(raw) {
             raw_rows.push(g.rows.len() as u64);
+            if self.record {
+                raw_prevs.push(g.prevs.first().copied());
+            }
             report.rows_before += g.rows.len() as u64;
             let input = match resolve_group(store, &mut outside, &states, &g)? {
                 Ok((orig_prev, own, state)) => {
@@ -420,7 +431,34 @@ impl Run {
         let max_hops = self.levels.spec().max_hops();
         let mut rewrites = Vec::new();
         let mut forced = 0;
-        for ((p, input), raw) in plan.planned.iter().zip(&inputs).zip(&raw_rows) {
+        for (i, ((p, input), raw)) in plan.planned.iter().zip(&inputs).zip(&raw_rows).enumerate() {
+            if self.record {
+                let old_prev = raw_prevs[i];
+                let (new_prev, rows_after, action) = match &p.decision {
+                    Decision::Skip(why) => (old_prev, *raw, PlanAction::Skipped(why.clone())),
+                    Decision::Keep => (old_prev, *raw, PlanAction::Kept),
+                    Decision::Rewrite {
+                        prev,
+                        delta,
+                        forced_snapshot,
+                    } => (
+                        *prev,
+                        delta.len() as u64,
+                        PlanAction::Rewritten {
+                            forced_snapshot: *forced_snapshot,
+                        },
+                    ),
+                };
+                report.plan.push(GroupPlan {
+                    group: p.id,
+                    old_prev,
+                    new_prev,
+                    rows_before: *raw,
+                    rows_after,
+                    depth: plan.nodes.get(&p.id).map(|n| n.depth),
+                    action,
+                });
+            }
             match &p.decision {
                 Decision::Skip(reason) => {
                     report.skipped.push((p.id, reason.clone()));
