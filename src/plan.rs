@@ -12,7 +12,7 @@ use crate::api::room_options;
 use crate::errors::{clean, raise, required};
 use crate::gucs;
 use crate::owner::{Access, StateTables};
-use crate::store::SpiStore;
+use crate::spi::store::SpiStore;
 
 /// Check the arguments and plan the room, as the state tables' owner, writing nothing.
 fn plan(
