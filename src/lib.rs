@@ -6,6 +6,7 @@
 //! - `schedule`: scheduled runs over the whole database, one chunk per transaction;
 //! - `worker`: the background worker that drives `schedule` on a timer;
 //! - `admin`: the `synapse_compress.*` SQL functions behind `CALL compress_database()`;
+//! - `rooms`: per-room control (`exclude_room`, `set_room_priority`, ...);
 //! - `progress`: a room's saved levels (the existing tool's tables);
 //! - `owner`: where Synapse's tables are, and running every access to them as their
 //!   owner, security-restricted (least privilege);
@@ -24,6 +25,7 @@ mod guard;
 mod gucs;
 mod owner;
 mod progress;
+mod rooms;
 mod schedule;
 mod store;
 mod subxact;
