@@ -88,7 +88,8 @@ COMMENT ON VIEW synapse_compress.status IS
 COMMENT ON VIEW synapse_compress.rooms IS
 'Per room: state groups, compressed up to (state_compressor_progress), saved levels (length/size, finest first), '
 'pending groups and rows, rows saved, chunks written and undone, last error, next retry; '
-'bytes_saved_estimate (rows_saved times state_groups_state''s bytes per row now: see the space view).';
+'bytes_saved_estimate (rows_saved times state_groups_state''s bytes per row now: see the space view); '
+'its room_settings: excluded, priority, levels_setting (NULL: synapse_compress.levels).';
 -- Monitoring: the metrics and space views read no Synapse table, only the extension's
 -- bookkeeping and the catalogs; pg_monitor (and roles granted it) may read them.
 GRANT USAGE ON SCHEMA synapse_compress TO pg_monitor;
@@ -104,4 +105,20 @@ COMMENT ON VIEW synapse_compress.metrics IS
 'Plain numeric metrics for a Prometheus SQL exporter: metric (synapse_compress_*), value (NaN when unknown now), type (counter or gauge), help. '
 'Read by pg_monitor; see the README for postgres_exporter and sql_exporter configurations.';
 
+-- Per-room control: for superusers and roles an admin grants it to.
+REVOKE EXECUTE ON FUNCTION synapse_compress.exclude_room(text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION synapse_compress.include_room(text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION synapse_compress.set_room_priority(text, integer) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION synapse_compress.set_room_levels(text, text) FROM PUBLIC;
+COMMENT ON FUNCTION synapse_compress.exclude_room(text) IS
+'Leave a room out of every scheduled run (the worker and compress_database) until include_room(); compress_room still compresses it when asked. 42704 for an unknown room.';
+COMMENT ON FUNCTION synapse_compress.include_room(text) IS
+'Undo exclude_room(): scheduled runs compress the room again. 42704 for an unknown room.';
+COMMENT ON FUNCTION synapse_compress.set_room_priority(text, integer) IS
+'Scheduled runs take rooms with a higher priority first (default 0; negative: after the others), then the most uncompressed rows. 42704 for an unknown room.';
+COMMENT ON FUNCTION synapse_compress.set_room_levels(text, text) IS
+'The levels scheduled runs compress a room with (e.g. ''100,50,25''; 22023 if malformed); NULL: back to synapse_compress.levels. '
+'A room already compressed with other levels continues with a fresh tree from its progress. 42704 for an unknown room.';
+COMMENT ON TABLE synapse_compress.room_settings IS
+'Per room: excluded from scheduled runs, priority, own levels. Set with exclude_room, include_room, set_room_priority, set_room_levels.';
 -- The tool's tables get no COMMENT: when adopted they are not ours to annotate.

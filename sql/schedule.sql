@@ -53,7 +53,7 @@ CREATE TABLE synapse_compress.runs (
     started_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     finished_at timestamptz,
     outcome text NOT NULL DEFAULT 'running'
-        CHECK (outcome IN ('running', 'done', 'budget', 'paused', 'stopped', 'crashed', 'failed')),
+        CHECK (outcome IN ('running', 'done', 'budget', 'paused', 'stopped', 'crashed', 'failed', 'window')),
     upto bigint NOT NULL,
     chunk_size int NOT NULL,
     current_room text,
@@ -66,7 +66,19 @@ CREATE TABLE synapse_compress.runs (
     rows_before bigint NOT NULL DEFAULT 0,
     rows_after bigint NOT NULL DEFAULT 0,
     errors int NOT NULL DEFAULT 0,
-    message text
+    message text,
+    -- Rooms with work that room_settings excluded when the run started.
+    rooms_excluded int NOT NULL DEFAULT 0
+);
+
+-- Per room, set by exclude_room/include_room/set_room_priority/set_room_levels:
+-- honoured by every scheduled run (not by compress_room, an explicit request).
+CREATE TABLE synapse_compress.room_settings (
+    room_id text PRIMARY KEY,
+    excluded boolean NOT NULL DEFAULT false,
+    priority int NOT NULL DEFAULT 0,
+    -- NULL: synapse_compress.levels; else validated by set_room_levels.
+    levels text
 );
 
 -- pg_dump keeps the bookkeeping (the tool's tables are dumped as ordinary tables
@@ -74,6 +86,7 @@ CREATE TABLE synapse_compress.runs (
 SELECT pg_catalog.pg_extension_config_dump('synapse_compress.control', '');
 SELECT pg_catalog.pg_extension_config_dump('synapse_compress.room_queue', '');
 SELECT pg_catalog.pg_extension_config_dump('synapse_compress.runs', '');
+SELECT pg_catalog.pg_extension_config_dump('synapse_compress.room_settings', '');
 
 -- What compression won on disk, and what VACUUM can do with it: Synapse's three state
 -- tables, read from the catalogs and the statistics collector only (pg_class,
@@ -176,9 +189,13 @@ SELECT
     q.error_count,
     q.next_retry,
     round(q.rows_saved * (SELECT x.row_bytes FROM synapse_compress.space x
-                          WHERE x.table_name = 'state_groups_state'))::bigint AS bytes_saved_estimate
+                          WHERE x.table_name = 'state_groups_state'))::bigint AS bytes_saved_estimate,
+    coalesce(rs.excluded, false) AS excluded,
+    coalesce(rs.priority, 0) AS priority,
+    rs.levels AS levels_setting
 FROM synapse_compress.room_queue q
-LEFT JOIN synapse_compress.room_progress() p USING (room_id);
+LEFT JOIN synapse_compress.room_progress() p USING (room_id)
+LEFT JOIN synapse_compress.room_settings rs ON rs.room_id = q.room_id;
 
 -- Plain numeric metrics for a Prometheus SQL exporter (postgres_exporter's custom
 -- queries, sql_exporter): one row per metric, named as Prometheus names them. Read
@@ -324,6 +341,9 @@ BEGIN
     COMMIT;
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     SELECT * INTO r FROM synapse_compress.runs WHERE run_id = run;
+    IF r.rooms_excluded > 0 THEN
+        RAISE NOTICE 'compress_database: % rooms with work left out by synapse_compress.exclude_room()', r.rooms_excluded;
+    END IF;
     RAISE NOTICE 'compress_database: % chunks in % rooms, % groups, rows % -> %, % errors (run %, %)',
         r.chunks, r.rooms, r.groups, r.rows_before, r.rows_after, r.errors, run, outcome;
 END $$;

@@ -131,6 +131,15 @@ LEFT JOIN LATERAL (
     WHERE s.schemaname = n.nspname AND s.tablename = t.relname AND NOT s.inherited
     HAVING count(*) > 0) w ON true;
 
+-- (Its last three columns come from section 4's room_settings, created here first.)
+CREATE TABLE synapse_compress.room_settings (
+    room_id text PRIMARY KEY,
+    excluded boolean NOT NULL DEFAULT false,
+    priority int NOT NULL DEFAULT 0,
+    -- NULL: synapse_compress.levels; else validated by set_room_levels.
+    levels text
+);
+SELECT pg_catalog.pg_extension_config_dump('synapse_compress.room_settings', '');
 -- Synapse's tables are read by room_state_groups() and room_progress(), which run as
 -- their owner (src/admin.rs): a view must not run the owner's code as its reader.
 CREATE VIEW synapse_compress.rooms AS
@@ -150,9 +159,13 @@ SELECT
     q.error_count,
     q.next_retry,
     round(q.rows_saved * (SELECT x.row_bytes FROM synapse_compress.space x
-                          WHERE x.table_name = 'state_groups_state'))::bigint AS bytes_saved_estimate
+                          WHERE x.table_name = 'state_groups_state'))::bigint AS bytes_saved_estimate,
+    coalesce(rs.excluded, false) AS excluded,
+    coalesce(rs.priority, 0) AS priority,
+    rs.levels AS levels_setting
 FROM synapse_compress.room_queue q
-LEFT JOIN synapse_compress.room_progress() p USING (room_id);
+LEFT JOIN synapse_compress.room_progress() p USING (room_id)
+LEFT JOIN synapse_compress.room_settings rs ON rs.room_id = q.room_id;
 
 CREATE FUNCTION synapse_compress.set_state_schema(schema_name text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -228,6 +241,9 @@ BEGIN
     COMMIT;
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     SELECT * INTO r FROM synapse_compress.runs WHERE run_id = run;
+    IF r.rooms_excluded > 0 THEN
+        RAISE NOTICE 'compress_database: % rooms with work left out by synapse_compress.exclude_room()', r.rooms_excluded;
+    END IF;
     RAISE NOTICE 'compress_database: % chunks in % rooms, % groups, rows % -> %, % errors (run %, %)',
         r.chunks, r.rooms, r.groups, r.rows_before, r.rows_after, r.errors, run, outcome;
 END $$;
@@ -376,7 +392,8 @@ COMMENT ON FUNCTION synapse_compress.set_state_schema(text) IS
 COMMENT ON VIEW synapse_compress.rooms IS
 'Per room: state groups, compressed up to (state_compressor_progress), saved levels (length/size, finest first), '
 'pending groups and rows, rows saved, chunks written and undone, last error, next retry; '
-'bytes_saved_estimate (rows_saved times state_groups_state''s bytes per row now: see the space view).';
+'bytes_saved_estimate (rows_saved times state_groups_state''s bytes per row now: see the space view); '
+'its room_settings: excluded, priority, levels_setting (NULL: synapse_compress.levels).';
 COMMENT ON VIEW synapse_compress.status IS
 'One row: is the worker registered and running, enabled, paused; the current run, room and group; the last run and its outcome; the next run; totals; '
 'bytes_saved_estimate (rows_saved_total times state_groups_state''s bytes per row now, table and indexes: see the space view), '
@@ -410,3 +427,46 @@ COMMENT ON FUNCTION plan_room(text, text, bigint, bigint) IS
 COMMENT ON FUNCTION plan_room_json(text, text, bigint, bigint) IS
 'plan_room as one jsonb document, the room''s tree after the plan for drawing: room_id, levels, state_groups, rows_before, rows_after, max_depth, '
 'and nodes [{id, prev (after the plan), old_prev, depth, rows (after), rows_before, action}]. Writes nothing, takes no row locks.';
+
+-- 3. Quiet hours (synapse_compress.window): a worker's run that the window ends
+--    records the outcome 'window'.
+ALTER TABLE synapse_compress.runs DROP CONSTRAINT runs_outcome_check;
+ALTER TABLE synapse_compress.runs ADD CONSTRAINT runs_outcome_check
+    CHECK (outcome IN ('running', 'done', 'budget', 'paused', 'stopped', 'crashed', 'failed', 'window'));
+
+-- 4. Per-room control (synapse_compress.room_settings, created with the rooms view in
+--    section 2): the functions that set it, and the runs' count of excluded rooms.
+ALTER TABLE synapse_compress.runs ADD COLUMN rooms_excluded int NOT NULL DEFAULT 0;
+CREATE FUNCTION synapse_compress."exclude_room"("room_id" TEXT) RETURNS void
+VOLATILE PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c AS 'MODULE_PATHNAME', 'exclude_room_wrapper';
+CREATE FUNCTION synapse_compress."include_room"("room_id" TEXT) RETURNS void
+VOLATILE PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c AS 'MODULE_PATHNAME', 'include_room_wrapper';
+CREATE FUNCTION synapse_compress."set_room_priority"("room_id" TEXT, "priority" INT) RETURNS void
+VOLATILE PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c AS 'MODULE_PATHNAME', 'set_room_priority_wrapper';
+CREATE FUNCTION synapse_compress."set_room_levels"("room_id" TEXT, "levels" TEXT) RETURNS void
+VOLATILE PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c AS 'MODULE_PATHNAME', 'set_room_levels_wrapper';
+
+-- Per-room control: for superusers and roles an admin grants it to.
+REVOKE EXECUTE ON FUNCTION synapse_compress.exclude_room(text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION synapse_compress.include_room(text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION synapse_compress.set_room_priority(text, integer) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION synapse_compress.set_room_levels(text, text) FROM PUBLIC;
+COMMENT ON FUNCTION synapse_compress.exclude_room(text) IS
+'Leave a room out of every scheduled run (the worker and compress_database) until include_room(); compress_room still compresses it when asked. 42704 for an unknown room.';
+COMMENT ON FUNCTION synapse_compress.include_room(text) IS
+'Undo exclude_room(): scheduled runs compress the room again. 42704 for an unknown room.';
+COMMENT ON FUNCTION synapse_compress.set_room_priority(text, integer) IS
+'Scheduled runs take rooms with a higher priority first (default 0; negative: after the others), then the most uncompressed rows. 42704 for an unknown room.';
+COMMENT ON FUNCTION synapse_compress.set_room_levels(text, text) IS
+'The levels scheduled runs compress a room with (e.g. ''100,50,25''; 22023 if malformed); NULL: back to synapse_compress.levels. '
+'A room already compressed with other levels continues with a fresh tree from its progress. 42704 for an unknown room.';
+COMMENT ON TABLE synapse_compress.room_settings IS
+'Per room: excluded from scheduled runs, priority, own levels. Set with exclude_room, include_room, set_room_priority, set_room_levels.';

@@ -7,6 +7,7 @@
 use std::ffi::CString;
 
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+use synapse_compress_core::schedule::Window;
 
 /// Groups per chunk: for scheduled runs, transaction length (memory: `MEMORY_LIMIT`).
 pub static CHUNK_SIZE: GucSetting<i32> = GucSetting::<i32>::new(500);
@@ -30,6 +31,8 @@ pub static MIN_SAVED_ROWS: GucSetting<i32> = GucSetting::<i32>::new(1);
 pub static CHUNK_PAUSE: GucSetting<i32> = GucSetting::<i32>::new(100);
 pub static TARGET_CHUNK_TIME: GucSetting<i32> = GucSetting::<i32>::new(0);
 pub static HISTORY_DAYS: GucSetting<i32> = GucSetting::<i32>::new(30);
+/// Time of day scheduled runs may work in (`core::schedule::Window`); empty: always.
+pub static WINDOW: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 /// Longest wait for a row lock on Synapse's tables before a chunk gives up (ms).
 pub static LOCK_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(1000);
 
@@ -168,6 +171,75 @@ pub fn init(preloading: bool) {
         GucContext::Sighup,
         GucFlags::default(),
     );
+    // SAFETY: a static setting and a guarded check hook, as DefineCustomStringVariable
+    // wants them.
+    unsafe {
+        GucRegistry::define_string_guc_with_hooks(
+            c"synapse_compress.window",
+            c"Time of day the background worker may compress in, e.g. '01:00-06:00' in the server's time zone (empty: always).",
+            c"A start after the end wraps midnight. Runs start only inside it and stop at the next chunk boundary when it ends. CALL compress_database() ignores it.",
+            &WINDOW,
+            GucContext::Sighup,
+            GucFlags::default(),
+            Some(check_window),
+            None,
+            None,
+        );
+    }
+    reserve_prefix();
+}
+
+/// Make `synapse_compress.<typo>` an error (PostgreSQL 15+; 14 only warns), after
+/// every setting of this process is defined. Without preloading, the worker's
+/// settings are not defined: a `synapse_compress.database` placeholder is then
+/// removed with a WARNING (it does nothing without preloading anyway).
+fn reserve_prefix() {
+    // SAFETY: backend thread, a static C string.
+    unsafe {
+        #[cfg(feature = "pg14")]
+        pgrx::pg_sys::EmitWarningsOnPlaceholders(c"synapse_compress".as_ptr());
+        #[cfg(any(feature = "pg15", feature = "pg16", feature = "pg17", feature = "pg18"))]
+        pgrx::pg_sys::MarkGUCPrefixReserved(c"synapse_compress".as_ptr());
+    }
+}
+
+/// The check hook of `synapse_compress.window`: a malformed window is refused where it
+/// is set (SET, ALTER SYSTEM; in postgresql.conf a reload logs it and keeps the old
+/// value), so the worker never sees one.
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn check_window(
+    newval: *mut *mut std::ffi::c_char,
+    _extra: *mut *mut std::ffi::c_void,
+    _source: pgrx::pg_sys::GucSource::Type,
+) -> bool {
+    // SAFETY: PostgreSQL passes a valid pointer to the candidate value (NULL: unset).
+    let text = unsafe {
+        let v = *newval;
+        if v.is_null() {
+            return true;
+        }
+        std::ffi::CStr::from_ptr(v).to_string_lossy().into_owned()
+    };
+    match Window::parse(&text) {
+        Ok(_) => true,
+        Err(e) => {
+            let detail = CString::new(e.to_string()).unwrap_or_default();
+            // SAFETY: GUC_check_errdetail: a palloc'd string the GUC machinery reports.
+            unsafe {
+                pgrx::pg_sys::GUC_check_errdetail_string = pgrx::pg_sys::pstrdup(detail.as_ptr());
+                pgrx::pg_sys::GUC_check_errhint_string = pgrx::pg_sys::pstrdup(
+                    c"Use HH:MM-HH:MM in the server's time zone, e.g. '01:00-06:00' (a start after the end wraps midnight), or '' for always.".as_ptr(),
+                );
+            }
+            false
+        }
+    }
+}
+
+/// The window in force. Never malformed (the check hook), but should it be: closed,
+/// so a setting meant to keep runs out of busy hours never lets them in.
+pub fn window() -> Option<Window> {
+    Window::parse(&text(&WINDOW)).ok()
 }
 
 fn define_worker_settings() {

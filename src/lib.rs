@@ -8,6 +8,7 @@
 //! - `plan`: `plan_room` and `plan_room_json`, what `compress_room` would do, group
 //!   by group;
 //! - `admin`: the `synapse_compress.*` SQL functions behind `CALL compress_database()`;
+//! - `rooms`: per-room control (`exclude_room`, `set_room_priority`, ...);
 //! - `progress`: a room's saved levels (the existing tool's tables);
 //! - `owner`: where Synapse's tables are, and running every access to them as their
 //!   owner, security-restricted (least privilege);
@@ -25,6 +26,7 @@ mod gucs;
 mod owner;
 mod plan;
 mod progress;
+mod rooms;
 mod schedule;
 mod spi;
 mod worker;

@@ -17,7 +17,7 @@ use pgrx::{pg_sys, FromDatum, IntoDatum};
 use synapse_compress_core::hash::FxHashSet;
 use synapse_compress_core::incremental::{self, ChunkLimits, ChunkOutcome, ChunkResult, Progress};
 use synapse_compress_core::schedule::{self as policy, Outcome, RunEnd};
-use synapse_compress_core::{Error, GroupId, LevelSpec, Result};
+use synapse_compress_core::{Error, GroupId, LevelSpec, Levels, Result};
 
 use crate::owner::{Access, StateTables};
 use crate::spi::guard;
@@ -101,6 +101,23 @@ fn exec(client: &mut SpiClient<'_>, sql: &str, args: &[DatumWithOid]) -> Result<
 /// The levels new rooms get.
 fn default_levels() -> Result<LevelSpec> {
     LevelSpec::parse(&gucs::text(&gucs::LEVELS))
+}
+
+/// A room's own levels (`synapse_compress.set_room_levels`), if it has any. A stored
+/// value that does not parse (written to the table by hand) is ignored with a WARNING.
+fn room_levels(client: &SpiClient<'_>, room: &str) -> Result<Option<LevelSpec>> {
+    let text = one::<String>(
+        client,
+        "SELECT levels FROM synapse_compress.room_settings WHERE room_id = $1",
+        &[room.into()],
+    )?;
+    Ok(text.and_then(|t| match LevelSpec::parse(&t) {
+        Ok(spec) => Some(spec),
+        Err(e) => {
+            pgrx::warning!("synapse_compress: room {room}: its levels setting is ignored: {e}");
+            None
+        }
+    }))
 }
 
 /// Groups created since the last run's watermark, per room.
@@ -210,8 +227,11 @@ pub fn begin_run(client: &mut SpiClient<'_>, source: Source) -> Result<i64> {
     }
     let run: i64 = one(
         client,
-        "INSERT INTO synapse_compress.runs (source, backend_start, upto, chunk_size) \
-         SELECT $1, (SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()), $2, $3 \
+        "INSERT INTO synapse_compress.runs (source, backend_start, upto, chunk_size, rooms_excluded) \
+         SELECT $1, (SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()), $2, $3, \
+                (SELECT count(*) FROM synapse_compress.room_queue q \
+                 JOIN synapse_compress.room_settings s ON s.room_id = q.room_id \
+                 WHERE s.excluded AND q.pending_groups > 0) \
          RETURNING run_id",
         &[source.as_str().into(), upto.into(), gucs::CHUNK_SIZE.get().into()],
     )?
@@ -271,14 +291,18 @@ fn load_run(client: &SpiClient<'_>, run: i64) -> Result<RunRow> {
 }
 
 /// The room to work on: the run's current room while it has work, else the one with
-/// the most uncompressed rows; never one another session or worker is compressing.
+/// the highest priority (`room_settings`), then the most uncompressed rows; never an
+/// excluded room, nor one another session or worker is compressing.
 fn pick_room(client: &mut SpiClient<'_>, current: Option<&str>) -> Result<Option<String>> {
     let table = client
         .update(
-            "SELECT room_id FROM synapse_compress.room_queue \
-             WHERE pending_groups > 0 AND (next_retry IS NULL OR next_retry <= now()) \
-             ORDER BY (room_id = $1) IS TRUE DESC, pending_rows DESC, room_id \
-             LIMIT 8 FOR UPDATE SKIP LOCKED",
+            "SELECT q.room_id FROM synapse_compress.room_queue q \
+             LEFT JOIN synapse_compress.room_settings s ON s.room_id = q.room_id \
+             WHERE q.pending_groups > 0 AND (q.next_retry IS NULL OR q.next_retry <= now()) \
+               AND NOT coalesce(s.excluded, false) \
+             ORDER BY (q.room_id = $1) IS TRUE DESC, coalesce(s.priority, 0) DESC, \
+                      q.pending_rows DESC, q.room_id \
+             LIMIT 8 FOR UPDATE OF q SKIP LOCKED",
             None,
             &[current.into()],
         )
@@ -326,13 +350,24 @@ thread_local! {
 /// Compress the next chunk of the run; `Outcome::NoWork` ends the run.
 pub fn run_chunk(client: &mut SpiClient<'_>, run: i64) -> Result<Step> {
     let row = load_run(client, run)?;
-    let levels = default_levels()?;
+    let default = default_levels()?;
     let Some(room) = pick_room(client, row.current_room.as_deref())? else {
         return Ok(Step::new(Outcome::NoWork, None));
     };
+    let room_setting = room_levels(client, &room)?;
+    let levels = room_setting.clone().unwrap_or(default);
     let mut tables = StateTables::resolve(client, Access::Write)?;
     let owner = tables.owner();
-    let (progress, corrected) = owner.run(|| progress::load(client, &tables, &room, &levels))?;
+    let (mut progress, corrected) =
+        owner.run(|| progress::load(client, &tables, &room, &levels))?;
+    // A room given its own levels after it was compressed with others: its next
+    // groups start a fresh tree with them (always safe, as after reset_room).
+    let levels_changed = room_setting
+        .as_ref()
+        .is_some_and(|spec| progress.levels.spec() != *spec);
+    if levels_changed {
+        progress.levels = Levels::new(&levels);
+    }
     if row.source == Source::Worker {
         report_activity(&format!(
             "synapse_compress run {run}: room {room}, chunk after state group {}",
@@ -365,6 +400,9 @@ pub fn run_chunk(client: &mut SpiClient<'_>, run: i64) -> Result<Step> {
             let mut notes = Vec::new();
             if corrected {
                 notes.push("saved levels were invalid and were restarted".to_string());
+            }
+            if levels_changed {
+                notes.push(format!("levels restarted with the room's setting {levels}"));
             }
             if r.levels_reset {
                 notes.push(

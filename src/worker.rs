@@ -87,6 +87,19 @@ struct Control {
     paused: bool,
     /// `wake_requested_at` as epoch seconds.
     wake: f64,
+    /// Minutes since midnight in the session's (the server's) time zone.
+    minute: Option<u32>,
+}
+
+impl Control {
+    /// Whether `synapse_compress.window` is open now (closed when unknown).
+    fn in_window(&self) -> bool {
+        match gucs::window() {
+            Some(w) if w.is_always() => true,
+            Some(w) => self.minute.is_some_and(|m| w.contains(m)),
+            None => false,
+        }
+    }
 }
 
 fn read_control(client: &SpiClient<'_>) -> Result<Control, pgrx::spi::SpiError> {
@@ -104,17 +117,19 @@ fn read_control(client: &SpiClient<'_>) -> Result<Control, pgrx::spi::SpiError> 
     }
     let row = client
         .select(
-            "SELECT paused, coalesce(extract(epoch FROM wake_requested_at), 0)::float8 \
+            "SELECT paused, coalesce(extract(epoch FROM wake_requested_at), 0)::float8, \
+                    (extract(hour FROM localtime) * 60 + extract(minute FROM localtime))::int \
              FROM synapse_compress.control",
             None,
             &[],
         )?
         .first()
-        .get_two::<bool, f64>()?;
+        .get_three::<bool, f64, i32>()?;
     Ok(Control {
         installed,
         paused: row.0.unwrap_or(false),
         wake: row.1.unwrap_or(0.0),
+        minute: row.2.and_then(|m| u32::try_from(m).ok()),
     })
 }
 
@@ -135,6 +150,10 @@ impl Signals {
         if BackgroundWorker::sighup_received() {
             // SAFETY: the standard reload of a backend's configuration.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+            log!(
+                "synapse_compress worker: settings reloaded (window {:?})",
+                gucs::text(&gucs::WINDOW)
+            );
         }
         if BackgroundWorker::sigterm_received() {
             self.stop = true;
@@ -172,6 +191,8 @@ pub extern "C-unwind" fn synapse_compress_worker_main(_arg: pg_sys::Datum) {
     let mut next_run = Instant::now();
     let mut last_start = 0.0f64;
     let mut waiting_logged = false;
+    // The window last reported closed (logged once per setting).
+    let mut closed_logged: Option<String> = None;
     while !signals.stop {
         signals.poll();
         let control =
@@ -187,6 +208,20 @@ pub extern "C-unwind" fn synapse_compress_worker_main(_arg: pg_sys::Datum) {
         waiting_logged = false;
         let woken = control.wake > last_start;
         let due = woken || Instant::now() >= next_run;
+        if due && gucs::ENABLED.get() && !control.paused && !control.in_window() {
+            // Due, but outside synapse_compress.window: wait for it (still due).
+            let window = gucs::text(&gucs::WINDOW);
+            if closed_logged.as_deref() != Some(window.as_str()) {
+                log!("synapse_compress worker: a run is due; waiting for synapse_compress.window {window:?}");
+                closed_logged = Some(window.clone());
+            }
+            set_idle_with(&format!(
+                "synapse_compress worker: waiting for synapse_compress.window {window}"
+            ));
+            signals.sleep(POLL);
+            continue;
+        }
+        closed_logged = None;
         if due && gucs::ENABLED.get() && !control.paused {
             last_start = now_epoch();
             run(&mut signals);
@@ -205,8 +240,16 @@ fn set_idle() {
     unsafe { pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_IDLE, std::ptr::null()) };
 }
 
+/// Idle, with `text` as `pg_stat_activity.query`.
+fn set_idle_with(text: &str) {
+    if let Ok(c) = std::ffi::CString::new(text) {
+        // SAFETY: backend thread; PostgreSQL copies the string.
+        unsafe { pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_IDLE, c.as_ptr()) };
+    }
+}
+
 /// One scheduled run, until no work is left, the budget is spent, or it is paused,
-/// disabled or stopped.
+/// disabled, stopped or out of its window (each checked at a chunk boundary).
 fn run(signals: &mut Signals) {
     let run_id = BackgroundWorker::transaction(|| {
         Spi::connect_mut(|c| schedule::begin_run(c, Source::Worker))
@@ -232,25 +275,35 @@ fn run(signals: &mut Signals) {
         }
         let step = BackgroundWorker::transaction(AssertUnwindSafe(|| {
             Spi::connect_mut(|c| {
-                if read_control(c).map(|s| s.paused).unwrap_or(false) {
-                    return Ok(None);
+                let control = read_control(c).unwrap_or_default();
+                if control.paused {
+                    return Ok(Err(RunEnd::Paused));
                 }
-                schedule::run_chunk(c, run_id).map(Some)
+                if !control.in_window() {
+                    return Ok(Err(RunEnd::Window));
+                }
+                schedule::run_chunk(c, run_id).map(Ok)
             })
             .unwrap_or_else(|e| schedule::raise(e))
         }));
         match step {
-            None => break RunEnd::Paused,
-            Some(s) if s.outcome.ends_run() => break RunEnd::Done,
-            Some(_) => chunks += 1,
+            Err(end) => break end,
+            Ok(s) if s.outcome.ends_run() => break RunEnd::Done,
+            Ok(_) => chunks += 1,
         }
         let pause = Duration::from_millis(gucs::CHUNK_PAUSE.get() as u64);
         if !pause.is_zero() && !signals.sleep(pause) {
             break RunEnd::Stopped;
         }
     };
+    let message = (outcome == RunEnd::Window).then(|| {
+        format!(
+            "synapse_compress.window {} closed",
+            gucs::text(&gucs::WINDOW)
+        )
+    });
     BackgroundWorker::transaction(|| {
-        Spi::connect_mut(|c| schedule::end_run(c, run_id, outcome.as_str(), None))
+        Spi::connect_mut(|c| schedule::end_run(c, run_id, outcome.as_str(), message.as_deref()))
             .unwrap_or_else(|e| schedule::raise(e))
     });
     log!("synapse_compress worker: run {run_id} {outcome} after {chunks} chunks");

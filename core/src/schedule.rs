@@ -1,7 +1,8 @@
 //! The run policy of scheduled compression, with no PostgreSQL in it: what a chunk's
 //! result means (its [`Outcome`], whether the room is done), how long a failed room
 //! waits ([`retry_delay`]), how the chunk size adapts ([`adapt_chunk_size`]), and when
-//! a run stops ([`Budget`], [`RunEnd`]).
+//! a run stops ([`Budget`], [`RunEnd`]), and the time of day the worker may work in
+//! ([`Window`], `synapse_compress.window`).
 //!
 //! The pgrx layer (`src/schedule.rs`, `src/worker.rs`) records these in
 //! `synapse_compress.runs` and `synapse_compress.room_queue`; it is meant to use this
@@ -102,15 +103,18 @@ pub enum RunEnd {
     /// The worker was told to stop.
     Stopped,
     Failed,
+    /// `synapse_compress.window` closed: the worker stopped at a chunk boundary.
+    Window,
 }
 
 impl RunEnd {
-    pub const ALL: [RunEnd; 5] = [
+    pub const ALL: [RunEnd; 6] = [
         RunEnd::Done,
         RunEnd::Budget,
         RunEnd::Paused,
         RunEnd::Stopped,
         RunEnd::Failed,
+        RunEnd::Window,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -120,6 +124,7 @@ impl RunEnd {
             RunEnd::Paused => "paused",
             RunEnd::Stopped => "stopped",
             RunEnd::Failed => "failed",
+            RunEnd::Window => "window",
         }
     }
 
@@ -210,6 +215,83 @@ impl Budget {
     }
 }
 
+/// Minutes in a day: [`Window::contains`] takes a minute of the day below it.
+pub const MINUTES_PER_DAY: u32 = 24 * 60;
+
+/// `synapse_compress.window`: the time of day scheduled runs may work in, in the
+/// server's time zone. `"01:00-06:00"` is 01:00 up to (not including) 06:00; a start
+/// after the end wraps midnight (`"22:00-02:00"`); `""` is always. A start equal to
+/// the end is refused as ambiguous (use `""` for always).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    /// `None`: always open.
+    span: Option<(u32, u32)>,
+}
+
+impl Window {
+    /// Always open (the empty setting).
+    pub const ALWAYS: Window = Window { span: None };
+
+    /// Parse `HH:MM-HH:MM` (hours 0..23, or 24:00 as an end; minutes 00..59; spaces
+    /// around the parts allowed); empty or blank is always.
+    pub fn parse(text: &str) -> Result<Window> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Ok(Window::ALWAYS);
+        }
+        let bad = |reason: String| Error::InvalidArgument {
+            name: "window",
+            reason,
+        };
+        let (start, end) = text
+            .split_once('-')
+            .ok_or_else(|| bad(format!("{text:?} is not HH:MM-HH:MM")))?;
+        let start = parse_time(start, false).map_err(|r| bad(format!("start {r}")))?;
+        let end = parse_time(end, true).map_err(|r| bad(format!("end {r}")))?;
+        if start == end % MINUTES_PER_DAY {
+            return Err(bad(format!(
+                "{text:?} starts where it ends; use '' for always"
+            )));
+        }
+        Ok(Window {
+            span: Some((start, end)),
+        })
+    }
+
+    pub fn is_always(&self) -> bool {
+        self.span.is_none()
+    }
+
+    /// Whether `minute` (minutes since midnight, `0..MINUTES_PER_DAY`) is inside.
+    pub fn contains(&self, minute: u32) -> bool {
+        match self.span {
+            None => true,
+            Some((start, end)) if start < end => start <= minute && minute < end,
+            Some((start, end)) => minute >= start || minute < end,
+        }
+    }
+}
+
+/// `HH:MM` as minutes since midnight; `24:00` only as an end.
+fn parse_time(text: &str, is_end: bool) -> std::result::Result<u32, String> {
+    let t = text.trim();
+    let malformed = || format!("{t:?} is not HH:MM");
+    let (h, m) = t.split_once(':').ok_or_else(malformed)?;
+    // Hours in one or two ASCII digits, minutes in exactly two.
+    let number = |s: &str, lens: std::ops::RangeInclusive<usize>| {
+        (lens.contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<u32>().ok())
+            .flatten()
+    };
+    let (Some(h), Some(m)) = (number(h, 1..=2), number(m, 2..=2)) else {
+        return Err(malformed());
+    };
+    if m > 59 || h > 24 || (h == 24 && (m != 0 || !is_end)) {
+        return Err(format!("{t:?} is not a time of day (00:00 to 23:59)"));
+    }
+    Ok(h * 60 + m)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,7 +313,10 @@ mod tests {
             ["written", "not_saved", "room_done", "failed", "no_work"]
         );
         let ends: Vec<&str> = RunEnd::ALL.iter().map(|r| r.as_str()).collect();
-        assert_eq!(ends, ["done", "budget", "paused", "stopped", "failed"]);
+        assert_eq!(
+            ends,
+            ["done", "budget", "paused", "stopped", "failed", "window"]
+        );
         for bad in ["", "Written", "no work", "running", "crashed", "done "] {
             assert!(Outcome::parse(bad).is_err(), "{bad:?}");
         }
@@ -342,5 +427,98 @@ mod tests {
         };
         assert!(!chunks_only.exhausted(Duration::from_secs(1 << 40), 0));
         assert!(chunks_only.exhausted(Duration::ZERO, 1));
+    }
+
+    fn hm(h: u32, m: u32) -> u32 {
+        h * 60 + m
+    }
+
+    #[test]
+    fn window_contains_its_start_not_its_end() {
+        let w = Window::parse("01:00-06:00").unwrap();
+        assert!(!w.is_always());
+        assert!(!w.contains(hm(0, 59)));
+        assert!(w.contains(hm(1, 0)));
+        assert!(w.contains(hm(5, 59)));
+        assert!(!w.contains(hm(6, 0)));
+        assert!(!w.contains(hm(23, 59)));
+        assert!(!w.contains(0));
+        let n = (0..MINUTES_PER_DAY).filter(|&m| w.contains(m)).count();
+        assert_eq!(n, 5 * 60);
+    }
+
+    #[test]
+    fn window_wraps_midnight() {
+        let w = Window::parse(" 22:30 - 02:00 ").unwrap();
+        assert!(!w.contains(hm(22, 29)));
+        assert!(w.contains(hm(22, 30)));
+        assert!(w.contains(hm(23, 59)));
+        assert!(w.contains(0));
+        assert!(w.contains(hm(1, 59)));
+        assert!(!w.contains(hm(2, 0)));
+        assert!(!w.contains(hm(12, 0)));
+        let n = (0..MINUTES_PER_DAY).filter(|&m| w.contains(m)).count();
+        assert_eq!(n, 3 * 60 + 30);
+        // Up to midnight, and from midnight.
+        let late = Window::parse("23:00-24:00").unwrap();
+        assert!(late.contains(hm(23, 59)) && !late.contains(0) && !late.contains(hm(22, 59)));
+        let early = Window::parse("0:00-1:30").unwrap();
+        assert!(early.contains(0) && early.contains(hm(1, 29)) && !early.contains(hm(1, 30)));
+        // One minute wide, across midnight.
+        let tiny = Window::parse("23:59-00:00").unwrap();
+        assert_eq!(
+            (0..MINUTES_PER_DAY).filter(|&m| tiny.contains(m)).count(),
+            1
+        );
+        assert!(tiny.contains(hm(23, 59)));
+    }
+
+    #[test]
+    fn empty_window_is_always() {
+        for text in ["", "  "] {
+            let w = Window::parse(text).unwrap();
+            assert_eq!(w, Window::ALWAYS);
+            assert!(w.is_always());
+            assert!((0..MINUTES_PER_DAY).all(|m| w.contains(m)));
+        }
+    }
+
+    #[test]
+    fn malformed_windows_are_refused_with_a_reason() {
+        for bad in [
+            "01:00",
+            "01:00-",
+            "-06:00",
+            "1-6",
+            "01:00-06:00-07:00",
+            "01.00-06.00",
+            "25:00-06:00",
+            "01:60-06:00",
+            "24:00-06:00",
+            "01:00-24:01",
+            "001:00-06:00",
+            "01:0-06:00",
+            "01:000-06:00",
+            "+1:00-06:00",
+            "01:00-06:00 x",
+            "a:bc-06:00",
+            "06:00-06:00",
+            "00:00-24:00",
+            "٠١:00-06:00",
+        ] {
+            let e = Window::parse(bad).expect_err(bad);
+            let Error::InvalidArgument { name, reason } = e else {
+                panic!("{bad:?}: {e:?}");
+            };
+            assert_eq!(name, "window");
+            assert!(!reason.is_empty(), "{bad:?}");
+        }
+        let e = Window::parse("06:00-06:00").unwrap_err().to_string();
+        assert!(e.contains("use '' for always"), "{e}");
+        let e = Window::parse("25:00-06:00").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "invalid window: start \"25:00\" is not a time of day (00:00 to 23:59)"
+        );
     }
 }

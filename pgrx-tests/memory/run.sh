@@ -12,8 +12,9 @@
 # Prints a table: room members, limit, outcome, peak RssAnon MB, time.
 #
 # Env: PG_CONFIG, MEMORY_DIR, MEMORY_PORT, MEMORY_ROOMS (members, space-separated),
-# MEMORY_LIMITS (MB), MEMORY_GROUPS (groups per room: a snapshot every 100; with the
-# default levels the first group rewritten is the third snapshot, 201),
+# MEMORY_LIMITS (MB), MEMORY_GROUPS (groups per room), MEMORY_SNAPSHOT_EVERY (a full
+# snapshot every N groups, as Synapse writes every 100; with the default levels, the
+# snapshots after the first within 100 groups are rewritten as deltas),
 # MEMORY_OVERHEAD_MB (the fixed overhead the README states).
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -24,7 +25,8 @@ DIR=${MEMORY_DIR:-/tmp/synapse_compress/memory}
 PORT=${MEMORY_PORT:-55441}
 ROOMS=${MEMORY_ROOMS:-"50000 200000"}
 LIMITS=${MEMORY_LIMITS:-"64 128"}
-NGROUPS=${MEMORY_GROUPS:-205}
+NGROUPS=${MEMORY_GROUPS:-25}
+EVERY=${MEMORY_SNAPSHOT_EVERY:-10}
 OVERHEAD_MB=${MEMORY_OVERHEAD_MB:-64}
 WORK=$(mktemp -d /tmp/sc-memory-test.XXXXXX)
 chmod a+rx "$WORK"
@@ -37,29 +39,31 @@ psql() { "$BIN/psql" -X -q -v ON_ERROR_STOP=1 "$@"; }
 failures=0
 fail() { echo "FAILED: $*"; failures=$((failures + 1)); }
 
-# A room of MEMBERS members joined over federation, then one join per group; Synapse
-# writes a snapshot every 100 groups, deltas of one row between.
+# A room of MEMBERS members joined over federation, then one join per group; a
+# snapshot every EVERY groups (Synapse: 100), deltas of one row between. Each group's
+# state is MEMBERS + its number of rows; fingerprinting every group's state is what
+# makes the test slow, so the default is 25 groups with a snapshot every 10.
 load_room() {
     local db=$1 members=$2 room=$3
-    psql -d "$db" -v members="$members" -v ngroups="$NGROUPS" -v room="$room" <<'SQL'
+    psql -d "$db" -v members="$members" -v ngroups="$NGROUPS" -v every="$EVERY" -v room="$room" <<'SQL'
 INSERT INTO state_groups (id, room_id, event_id)
   SELECT g, :'room', '$sg' || g FROM generate_series(1, :ngroups) g;
 INSERT INTO state_group_edges (state_group, prev_state_group)
-  SELECT g, g - 1 FROM generate_series(2, :ngroups) g WHERE (g - 1) % 100 <> 0;
+  SELECT g, g - 1 FROM generate_series(2, :ngroups) g WHERE (g - 1) % :every <> 0;
 INSERT INTO state_groups_state (state_group, room_id, type, state_key, event_id)
-  SELECT s, :'room', 'm.room.create', '', '$create' FROM generate_series(1, :ngroups, 100) s
+  SELECT s, :'room', 'm.room.create', '', '$create' FROM generate_series(1, :ngroups, :every) s
   UNION ALL
   SELECT s, :'room', 'm.room.member', '@user' || i || ':example.org',
          '$' || md5(i::text) || 'AbCdEfGhIjK'
-  FROM generate_series(1, :ngroups, 100) s, generate_series(1, :members) i
+  FROM generate_series(1, :ngroups, :every) s, generate_series(1, :members) i
   UNION ALL
   SELECT s, :'room', 'm.room.member', '@user' || (:members + j) || ':example.org',
          '$' || md5((:members + j)::text) || 'AbCdEfGhIjK'
-  FROM generate_series(1, :ngroups, 100) s, generate_series(2, s) j
+  FROM generate_series(1, :ngroups, :every) s, generate_series(2, s) j
   UNION ALL
   SELECT g, :'room', 'm.room.member', '@user' || (:members + g) || ':example.org',
          '$' || md5((:members + g)::text) || 'AbCdEfGhIjK'
-  FROM generate_series(2, :ngroups) g WHERE (g - 1) % 100 <> 0;
+  FROM generate_series(2, :ngroups) g WHERE (g - 1) % :every <> 0;
 SELECT setval('state_group_id_seq', :ngroups);
 SQL
 }

@@ -3,7 +3,8 @@
 # CREATE EXTENSION, adopts the existing tool's progress, compresses every room to
 # verified identical state, survives a restart and a kill -9 mid-run without losing or
 # repeating work, pauses and resumes, takes SIGHUP settings, and goes on past a
-# failing room. Prints "worker: N passed, N failed" last.
+# failing room, keeps to synapse_compress.window (quiet hours) and to per-room
+# exclusion. Prints "worker: N passed, N failed" last.
 set -uo pipefail
 # shellcheck source=pgrx-tests/env.sh
 source "$(dirname "$0")/../env.sh"
@@ -185,6 +186,81 @@ if wait_for "SELECT count(*) = 0 FROM synapse_compress.runs WHERE outcome = 'run
     ok "a failing room is recorded with its error and backoff; every other room compressed"
 else
     fail "failing room: $(q "SELECT row_to_json(r) FROM synapse_compress.rooms r WHERE room_id = '$broken'")"
+fi
+# --- synapse_compress.window (quiet hours), from known points: windows computed from
+# the server's clock (one that opens in 2 hours, one that opened an hour ago), and the
+# worker's "settings reloaded" line before acting on a new one.
+q "DROP TRIGGER fail_insert ON state_groups_state" >/dev/null
+at() { q "SELECT to_char(localtime + interval '$1', 'HH24:MI')"; }
+outside="$(at '2 hours')-$(at '3 hours')"
+inside="$(at '-1 hour')-$(at '1 hour')"
+# set_window WINDOW [SETTING = VALUE]: ALTER SYSTEM, reload, wait until the worker has it.
+set_window() {
+    local n
+    n=$(grep -c "settings reloaded (window \"$1\")" "$DIR/server.log")
+    q "ALTER SYSTEM SET synapse_compress.\"window\" = '$1'" >/dev/null
+    [ -z "${2:-}" ] || q "ALTER SYSTEM SET $2" >/dev/null
+    q "SELECT pg_reload_conf()" >/dev/null
+    for ((i = 0; i < 30 * 5; i++)); do
+        [ "$(grep -c "settings reloaded (window \"$1\")" "$DIR/server.log")" -gt "$n" ] && return 0
+        sleep 0.2
+    done
+    echo "    the worker did not reload window $1" >&2
+    return 1
+}
+set_window "$outside"
+load --preset small --seed 36 --first-id 1000000
+q "CALL sc_test.snapshot()"
+last=$(q "SELECT max(run_id) FROM synapse_compress.runs")
+q "SELECT synapse_compress.run_now()" >/dev/null
+if wait_for "SELECT query = 'synapse_compress worker: waiting for synapse_compress.window $outside' FROM pg_stat_activity WHERE backend_type = 'synapse_compress worker'" 30 &&
+   [ "$(q "SELECT count(*) FROM synapse_compress.runs WHERE run_id > $last")" = 0 ] &&
+   grep -q "a run is due; waiting for synapse_compress.window \"$outside\"" "$DIR/server.log"; then
+    ok "window $outside (excludes now): run_now() started no run; the worker says it waits"
+else
+    fail "window $outside: runs $(q "SELECT string_agg(run_id || ':' || outcome, ' ') FROM synapse_compress.runs WHERE run_id > $last")"
+fi
+# The window opens (the run is still due): it starts; a long chunk_pause holds it
+# between chunks; then the window closes, and it ends at that chunk boundary.
+set_window "$inside" "synapse_compress.chunk_pause = 60000"
+if wait_for "SELECT chunks >= 1 AND outcome = 'running' FROM synapse_compress.runs WHERE run_id = $last + 1" 30; then
+    ok "window $inside (includes now): the due run started"
+    set_window "$outside"
+    if wait_for "SELECT outcome <> 'running' FROM synapse_compress.runs WHERE run_id = $last + 1" 30 &&
+       [ "$(q "SELECT outcome = 'window' AND message = 'synapse_compress.window $outside closed' AND chunks >= 1 FROM synapse_compress.runs WHERE run_id = $last + 1")" = t ] &&
+       [ "$(q "SELECT count(*) > 0 FROM synapse_compress.rooms WHERE pending_groups > 0 AND room_id <> '$broken'")" = t ] && verified; then
+        ok "window closed mid-run: run ended 'window' after $(q "SELECT chunks FROM synapse_compress.runs WHERE run_id = $last + 1") chunks, work left, state verified"
+    else
+        fail "window closed mid-run: $(q "SELECT row_to_json(r) FROM synapse_compress.runs r WHERE run_id = $last + 1")"
+    fi
+else
+    fail "window $inside: no run started ($(q "SELECT string_agg(run_id || ':' || outcome, ' ') FROM synapse_compress.runs WHERE run_id > $last"))"
+fi
+# Always again (''): the next run finishes the work.
+q "ALTER SYSTEM RESET synapse_compress.chunk_pause" >/dev/null
+set_window ""
+q "SELECT synapse_compress.run_now()" >/dev/null
+if wait_for "SELECT outcome = 'done' FROM synapse_compress.runs WHERE run_id > $last + 1 ORDER BY run_id DESC LIMIT 1" 60 &&
+   [ "$(q "SELECT count(*) FROM synapse_compress.rooms WHERE pending_groups > 0 AND room_id <> '$broken'")" = 0 ] && verified; then
+    ok "window '': the next run finished the work"
+else
+    fail "window '': $(q "SELECT string_agg(run_id || ':' || outcome, ' ') FROM synapse_compress.runs WHERE run_id > $last")"
+fi
+
+# --- Per-room control in the worker's runs: an excluded room is left alone.
+load --preset small --seed 37 --first-id 1200000
+q "CALL sc_test.snapshot()"
+ex=$(q "SELECT room_id FROM state_groups WHERE id >= 1200000 GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 1")
+q "SELECT synapse_compress.exclude_room('$ex')" >/dev/null
+last=$(q "SELECT max(run_id) FROM synapse_compress.runs")
+q "SELECT synapse_compress.run_now()" >/dev/null
+if wait_for "SELECT outcome = 'done' FROM synapse_compress.runs WHERE run_id = $last + 1" 60 &&
+   [ "$(q "SELECT rooms_excluded FROM synapse_compress.runs WHERE run_id = $last + 1")" = 1 ] &&
+   [ "$(q "SELECT excluded AND pending_groups > 0 AND chunks_written = 0 FROM synapse_compress.rooms WHERE room_id = '$ex'")" = t ] &&
+   [ "$(q "SELECT count(*) FROM synapse_compress.rooms WHERE pending_groups > 0 AND room_id NOT IN ('$ex', '$broken')")" = 0 ] && verified; then
+    ok "exclude_room: the worker's run left the room alone (counted), compressed the others"
+else
+    fail "exclude_room: $(q "SELECT row_to_json(r) FROM synapse_compress.runs r WHERE run_id = $last + 1")"
 fi
 if grep -qE "PANIC|server process .* was terminated by signal 11" "$DIR/server.log"; then
     fail "server log shows a crash"; grep -E "PANIC|signal 11" "$DIR/server.log" | head -3
