@@ -133,6 +133,13 @@ pub struct ChunkReport {
     pub rows_before: u64,
     pub rows_after: u64,
     pub skipped: Vec<(GroupId, SkipReason)>,
+    /// The chunk's groups stored as full snapshots (no predecessor) once its rewrites
+    /// are written, ascending: what the scheduled runs record as snapshots they left,
+    /// so they are not mistaken for groups Synapse de-deltaed later.
+    pub snapshots: Vec<GroupId>,
+    /// The chunk's groups that were full snapshots as loaded (what stays if the
+    /// chunk's writes are undone).
+    pub stored_snapshots: Vec<GroupId>,
 }
 
 impl ChunkReport {
@@ -147,5 +154,7 @@ impl ChunkReport {
         self.rows_before += next.rows_before;
         self.rows_after += next.rows_after;
         self.skipped.extend(next.skipped);
+        self.snapshots.extend(next.snapshots);
+        self.stored_snapshots.extend(next.stored_snapshots);
     }
 }

@@ -365,6 +365,7 @@ impl Run {
         let mut states: FxHashMap<GroupId, Option<Rc<State>>> = FxHashMap::default();
         let mut inputs = Vec::with_capacity(n);
         let mut raw_rows = Vec::with_capacity(n);
+        let mut stored_snapshot = Vec::with_capacity(n);
         let mut report = ChunkReport {
             first: chunk.groups[0].id,
             last: chunk.groups[n - 1].id,
@@ -374,6 +375,7 @@ impl Run {
         let tangled = self.tangled.clone().unwrap_or_default();
         for (g, bytes) in chunk.groups.into_iter().zip(raw) {
             raw_rows.push(g.rows.len() as u64);
+            stored_snapshot.push(g.prevs.is_empty());
             report.rows_before += g.rows.len() as u64;
             let input = match resolve_group(store, &mut outside, &states, &g)? {
                 Ok((orig_prev, own, state)) => {
@@ -417,18 +419,38 @@ impl Run {
         let max_hops = self.levels.spec().max_hops();
         let mut rewrites = Vec::new();
         let mut forced = 0;
-        for ((p, input), raw) in plan.planned.iter().zip(&inputs).zip(&raw_rows) {
+        for (((p, input), raw), &was_snapshot) in plan
+            .planned
+            .iter()
+            .zip(&inputs)
+            .zip(&raw_rows)
+            .zip(&stored_snapshot)
+        {
+            if was_snapshot {
+                report.stored_snapshots.push(p.id);
+            }
             match &p.decision {
                 Decision::Skip(reason) => {
                     report.skipped.push((p.id, reason.clone()));
                     report.rows_after += raw;
+                    if was_snapshot {
+                        report.snapshots.push(p.id);
+                    }
                 }
-                Decision::Keep => report.rows_after += raw,
+                Decision::Keep => {
+                    report.rows_after += raw;
+                    if was_snapshot {
+                        report.snapshots.push(p.id);
+                    }
+                }
                 Decision::Rewrite {
                     prev,
                     delta,
                     forced_snapshot,
                 } => {
+                    if prev.is_none() {
+                        report.snapshots.push(p.id);
+                    }
                     let target = input.state.as_deref().expect("planned groups have state");
                     let base_node = match prev {
                         Some(b) => Some(match plan.nodes.get(b) {
