@@ -24,6 +24,7 @@ mod guard;
 mod gucs;
 mod owner;
 mod progress;
+mod revisit;
 mod schedule;
 mod store;
 mod subxact;
