@@ -220,11 +220,13 @@ ALTER TABLE synapse_compress.control
     -- state_groups' deleted-tuple counter when the last scan for de-deltaed groups ran
     -- (NULL: never; the first scan records the snapshots it finds as a baseline).
     ADD COLUMN groups_deleted_seen bigint,
-    -- The snapshot and the newest group of the last run's start: groups up to
-    -- late_upto that this snapshot did not see committed late.
+    -- The snapshot and the newest group of the last run's start, and the ids up to
+    -- it that were missing then (in flight or rolled back): found later, they
+    -- committed late.
     ADD COLUMN late_snapshot pg_snapshot,
     ADD COLUMN late_upto bigint NOT NULL DEFAULT 0,
-    -- Groups up to it can no longer commit late.
+    ADD COLUMN late_gaps bigint[] NOT NULL DEFAULT '{}',
+    -- Ids up to it can no longer commit late.
     ADD COLUMN late_floor bigint NOT NULL DEFAULT 0;
 -- Full snapshots (groups without an edge) that scheduled runs left at or below a
 -- room's progress: a snapshot below the progress that is not here was made by someone

@@ -18,25 +18,27 @@
 //!
 //! **Late commits.** Synapse takes a group's id from the sequence before its
 //! transaction commits, so a group can become visible after a run has passed its id.
-//! Every run start records its snapshot (`pg_current_snapshot()`) and newest group id
-//! (`late_upto`); the next run start looks for groups with ids in
-//! `(late_floor, late_upto]` that the recorded snapshot did not see (their `xmin`
-//! was in flight or in its future): those committed late. `late_floor` then moves up
-//! to the recorded `late_upto` once every transaction that had a transaction id at the
-//! recorded snapshot has ended (`pg_snapshot_xmax(recorded) <= pg_snapshot_xmin(now)`):
-//! a group with an id up to that bound was allocated before the recorded snapshot, so a
-//! transaction still able to commit it would have been in flight then. The one gap: a
-//! transaction that took an id but had not yet written anything (Synapse inserts the
-//! group right after `nextval`, in the same transaction). The range checked is an
-//! index range scan over the last run's ids, and empty on an unchanged database.
+//! Every run start records the ids up to the newest group that are missing then
+//! (`late_gaps`: in flight, or rolled back); the next start looks them up (primary
+//! key lookups): those now present committed late. (A group's `xmin` cannot tell:
+//! a rewrite updates its `state_groups` row to lock it.) Ids stop being tracked
+//! below `late_floor`, which moves up to the last start's newest id once every
+//! transaction that had a transaction id at that start's snapshot (`late_snapshot`)
+//! has ended (`pg_snapshot_xmax(recorded) <= pg_snapshot_xmin(now)`): an id up to it
+//! was taken before that snapshot, so a transaction still able to commit it would
+//! have been in it. The gap: a transaction that took an id and had written nothing
+//! yet (Synapse inserts the group right after `nextval`, in the same transaction),
+//! or ids cached by a sequence with `CACHE` > 1 (Synapse's has 1). Tracking starts
+//! at the first run: ids up to its newest group count as settled. On an unchanged
+//! database the window is empty and nothing is looked up.
 //!
 //! **The redo.** For each room with such a group `a` at or below its progress, the
-//! progress goes back to just below the nearest full snapshot at or below `a` (`a`
-//! itself when it is one, as a de-delta is; else the highest snapshot the runs
-//! recorded below it, else the room's start), with fresh levels: that snapshot stays
-//! a snapshot, and the groups after it are planned again, `a` among them. Groups the
-//! earlier pass compressed are planned the same way again, so the cost of a redo is
-//! one pass over that stretch of the room.
+//! progress goes back to just below the highest full snapshot the runs recorded below
+//! `a` (else the room's start), with fresh levels: that snapshot stays a snapshot (it
+//! was one), and the groups after it are planned again, `a` among them, so `a` becomes
+//! a delta again. Groups the earlier pass compressed are planned the same way again:
+//! a redo costs one pass over that stretch of the room. (If Synapse deleted that
+//! snapshot too, the first group after it becomes the new tree's root.)
 
 use pgrx::datum::DatumWithOid;
 use pgrx::spi::SpiClient;
@@ -149,7 +151,7 @@ pub fn at_run_start(
     let mut found = Revisit::default();
     let table = client
         .select(
-            "SELECT groups_deleted_seen, late_snapshot::text, late_upto, late_floor, \
+            "SELECT groups_deleted_seen, late_snapshot::text, late_upto, late_floor, late_gaps, \
                     pg_catalog.pg_stat_get_tuples_deleted(pg_catalog.to_regclass($1)), \
                     pg_catalog.current_setting('track_counts')::boolean \
              FROM synapse_compress.control",
@@ -162,40 +164,18 @@ pub fn at_run_start(
     let late_snapshot: Option<String> = row.get(2).map_err(spi)?;
     let late_upto = row.get::<i64>(3).map_err(spi)?.unwrap_or(0);
     let late_floor = row.get::<i64>(4).map_err(spi)?.unwrap_or(0);
-    let deleted = row.get::<i64>(5).map_err(spi)?.unwrap_or(0);
-    let track_counts = row.get::<bool>(6).map_err(spi)?.unwrap_or(false);
+    let late_gaps: Vec<i64> = row.get::<Vec<i64>>(5).map_err(spi)?.unwrap_or_default();
+    let deleted = row.get::<i64>(6).map_err(spi)?.unwrap_or(0);
+    let track_counts = row.get::<bool>(7).map_err(spi)?.unwrap_or(false);
     free_result();
     let owner = tables.owner();
     let mut affected: Vec<(String, GroupId, bool)> = Vec::new();
 
-    // Late commits: groups up to the last start's newest that its snapshot missed.
-    // A row's 32-bit xmin is widened to an xid8 against the current next xid (the
-    // rows are recent: ids above late_floor).
-    let mut floor = late_floor;
-    if let Some(prev) = &late_snapshot {
-        if late_upto > late_floor {
-            let sql = tables.sql(
-                "WITH n AS (SELECT pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot())::text::bigint AS nx) \
-                 SELECT DISTINCT ON (g.room_id) g.room_id, g.id, \
-                        NOT EXISTS (SELECT 1 FROM @s.state_group_edges e WHERE e.state_group = g.id) \
-                 FROM @s.state_groups g, n \
-                 WHERE g.id > $1 AND g.id <= $2 \
-                   AND NOT pg_catalog.pg_visible_in_snapshot( \
-                         (n.nx - (((n.nx % 4294967296) - g.xmin::text::bigint + 4294967296) % 4294967296))::text::xid8, \
-                         $3::pg_snapshot) \
-                 ORDER BY g.room_id, g.id",
-            );
-            let late = owner.run(|| {
-                groups(
-                    client,
-                    &sql,
-                    &[late_floor.into(), late_upto.into(), prev.as_str().into()],
-                )
-            })?;
-            found.late = late.len() as i64;
-            affected.extend(late);
-        }
-        let settled: Option<bool> = {
+    // Late commits. The floor first: ids up to the last start's newest are settled
+    // once every transaction with an id in its snapshot has ended.
+    let floor = match &late_snapshot {
+        None => upto,
+        Some(prev) => {
             let t = client
                 .select(
                     "SELECT pg_catalog.pg_snapshot_xmax($1::pg_snapshot) \
@@ -204,14 +184,50 @@ pub fn at_run_start(
                     &[prev.as_str().into(), snapshot.into()],
                 )
                 .map_err(spi)?;
-            let v = t.first().get_one::<bool>().map_err(spi)?;
+            let settled = t.first().get_one::<bool>().map_err(spi)?;
             free_result();
-            v
-        };
-        if settled == Some(true) {
-            floor = floor.max(late_upto);
+            if settled == Some(true) {
+                late_floor.max(late_upto)
+            } else {
+                late_floor
+            }
         }
+    };
+    // The ids above the floor missing now (in flight, rolled back), then the last
+    // start's missing ids that are there now: committed late. In this order, an id
+    // committing in between is in both (found twice at worst, never missed).
+    let gaps_sql = tables.sql(
+        "SELECT coalesce(array_agg(s.i ORDER BY s.i), '{}') \
+         FROM generate_series($1::bigint + 1, $2::bigint) AS s(i) \
+         WHERE NOT EXISTS (SELECT 1 FROM @s.state_groups g WHERE g.id = s.i)",
+    );
+    let late_sql = tables.sql(
+        "SELECT DISTINCT ON (g.room_id) g.room_id, g.id, false FROM @s.state_groups g \
+         WHERE g.id = ANY($1::bigint[]) ORDER BY g.room_id, g.id",
+    );
+    let (mut gaps, late) = owner.run(|| -> Result<_> {
+        let t = client
+            .select(&gaps_sql, None, &[floor.into(), upto.into()])
+            .map_err(spi)?;
+        let gaps = t
+            .first()
+            .get_one::<Vec<i64>>()
+            .map_err(spi)?
+            .unwrap_or_default();
+        free_result();
+        let late = if late_gaps.is_empty() {
+            Vec::new()
+        } else {
+            groups(client, &late_sql, &[late_gaps.clone().into()])?
+        };
+        Ok((gaps, late))
+    })?;
+    if !late.is_empty() {
+        let present: Vec<i64> = late.iter().map(|(_, id, _)| *id).collect();
+        gaps.retain(|g| !present.contains(g));
     }
+    found.late = late.len() as i64;
+    affected.extend(late);
 
     // De-deltas: only when state_groups lost rows since the last scan.
     let scan = tables.has_tool_tables() && (seen != Some(deleted) || !track_counts);
@@ -257,35 +273,38 @@ pub fn at_run_start(
         // No progress saved anywhere: nothing is below a room's progress.
         affected.clear();
     }
-    for (room, group, is_snapshot) in affected {
-        if send_back(client, tables, &room, group, is_snapshot, upto)? {
+    for (room, group, _) in affected {
+        if send_back(client, tables, &room, group, upto)? {
             found.rooms += 1;
         }
     }
     exec(
         client,
         "UPDATE synapse_compress.control SET groups_deleted_seen = CASE WHEN $1 THEN $2 ELSE groups_deleted_seen END, \
-             late_snapshot = $3::pg_snapshot, late_upto = $4, late_floor = $5",
+             late_snapshot = $3::pg_snapshot, late_upto = $4, late_floor = $5, late_gaps = $6",
         &[
-            scan.into(),
+            // Without the tool's tables nothing is below a progress yet: the counter
+            // now is the baseline.
+            (scan || !tables.has_tool_tables()).into(),
             deleted.into(),
             snapshot.into(),
             upto.into(),
             floor.into(),
+            gaps.into(),
         ],
     )?;
     Ok(found)
 }
 
-/// Send `room`'s progress back to just below the nearest full snapshot at or below
-/// `group` (see the module's comment), with fresh levels, and queue the room. Waits
+/// Send `room`'s progress back to just below the nearest full snapshot the runs
+/// recorded below `group` (see the module's comment), with fresh levels, and queue
+/// the room. Waits
 /// for a chunk of the room in progress. False if its progress had not passed `group`.
 fn send_back(
     client: &mut SpiClient<'_>,
     tables: &StateTables,
     room: &str,
     group: GroupId,
-    is_snapshot: bool,
     upto: GroupId,
 ) -> Result<bool> {
     exec(
@@ -293,21 +312,16 @@ fn send_back(
         "SELECT pg_advisory_xact_lock(hashtext('synapse_compress'), hashtext($1))",
         &[room.into()],
     )?;
-    let start = if is_snapshot {
-        Some(group)
-    } else {
-        let t = client
-            .select(
-                "SELECT max(state_group) FROM synapse_compress.room_snapshots \
-                 WHERE room_id = $1 AND state_group < $2",
-                None,
-                &[room.into(), group.into()],
-            )
-            .map_err(spi)?;
-        let v = t.first().get_one::<i64>().map_err(spi)?;
-        free_result();
-        v
-    };
+    let t = client
+        .select(
+            "SELECT max(state_group) FROM synapse_compress.room_snapshots \
+             WHERE room_id = $1 AND state_group < $2",
+            None,
+            &[room.into(), group.into()],
+        )
+        .map_err(spi)?;
+    let start = t.first().get_one::<i64>().map_err(spi)?;
+    free_result();
     let after = start.map_or(0, |s| s - 1);
     let progress_sql = tables.sql(
         "UPDATE @s.state_compressor_progress SET last_compressed = $2 \
