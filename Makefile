@@ -125,10 +125,10 @@ test-stress: install build
 	exit $$rc
 
 # The memory ceiling: backend RssAnon under synapse_compress.memory_limit. make test runs
-# the 50,000-member room; MEMORY_ROOMS="50000 200000" adds the 200,000-member one (slow).
+# the 50,000- and 200,000-member rooms (25 groups each, a snapshot every 10).
 test-memory: install build
 	@$(call SAY_PG,memory)
-	MEMORY_ROOMS="$${MEMORY_ROOMS:-50000}" $(WITH_PG) bash pgrx-tests/memory/run.sh
+	MEMORY_ROOMS="$${MEMORY_ROOMS:-50000 200000}" $(WITH_PG) bash pgrx-tests/memory/run.sh
 
 # Against a real Synapse 1.163.2 (its venv: scripts/setup-synapse.sh); ~4 minutes.
 test-synapse: install build

@@ -470,3 +470,31 @@ COMMENT ON FUNCTION synapse_compress.set_room_levels(text, text) IS
 'A room already compressed with other levels continues with a fresh tree from its progress. 42704 for an unknown room.';
 COMMENT ON TABLE synapse_compress.room_settings IS
 'Per room: excluded from scheduled runs, priority, own levels. Set with exclude_room, include_room, set_room_priority, set_room_levels.';
+
+-- N. Re-compression of what Synapse de-deltas, and of groups that commit late.
+-- Re-compression (README, "Keeping rooms compressed"; src/schedule.rs, `revisit`): what
+-- each scheduled run's start remembers to find groups below a room's progress that
+-- Synapse de-deltaed, or that committed after a run had passed them.
+ALTER TABLE synapse_compress.control
+    -- state_groups' deleted-tuple counter when the last scan for de-deltaed groups ran
+    -- (NULL: never; the first scan records the snapshots it finds as a baseline).
+    ADD COLUMN groups_deleted_seen bigint,
+    -- The snapshot and the newest group of the last run's start, and the ids up to
+    -- it that were missing then (in flight or rolled back): found later, they
+    -- committed late.
+    ADD COLUMN late_snapshot pg_snapshot,
+    ADD COLUMN late_upto bigint NOT NULL DEFAULT 0,
+    ADD COLUMN late_gaps bigint[] NOT NULL DEFAULT '{}',
+    -- Ids up to it can no longer commit late.
+    ADD COLUMN late_floor bigint NOT NULL DEFAULT 0;
+-- Full snapshots (groups without an edge) that scheduled runs left at or below a
+-- room's progress: a snapshot below the progress that is not here was made by someone
+-- else (Synapse's deletion de-deltas the children of the groups it deletes).
+CREATE TABLE synapse_compress.room_snapshots (
+    room_id text NOT NULL,
+    state_group bigint NOT NULL,
+    PRIMARY KEY (room_id, state_group)
+);
+SELECT pg_catalog.pg_extension_config_dump('synapse_compress.room_snapshots', '');
+COMMENT ON TABLE synapse_compress.room_snapshots IS
+'Full snapshots that scheduled runs left at or below each room''s progress; other snapshots found there (de-deltaed by Synapse) are compressed again.';

@@ -132,9 +132,14 @@ fn run(room: &str, opts: Options, dry_run: bool, min_saved_rows: i64) -> Result<
         if !dry_run {
             lock_room(client, room);
         }
-        tables
+        let summary = tables
             .owner()
-            .run(|| compress_as_owner(client, &mut tables, room, opts, min_saved_rows))
+            .run(|| compress_as_owner(client, &mut tables, room, opts, min_saved_rows))?;
+        // Scheduled runs must not take the snapshots this left for de-deltas.
+        if let (false, Some(end)) = (dry_run, &summary.end) {
+            crate::revisit::record_room(client, &tables, room, end.last_compressed)?;
+        }
+        Ok(summary)
     })
 }
 

@@ -26,7 +26,7 @@ mod gucs;
 mod owner;
 mod plan;
 mod progress;
-mod rooms;
+mod revisit;
 mod schedule;
 mod spi;
 mod worker;

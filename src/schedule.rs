@@ -22,7 +22,7 @@ use synapse_compress_core::{Error, GroupId, LevelSpec, Levels, Result};
 use crate::owner::{Access, StateTables};
 use crate::spi::guard;
 use crate::spi::store::{free_result, spi, SpiStore};
-use crate::{errors, gucs, progress};
+use crate::{errors, gucs, progress, revisit};
 
 /// Who drives a run (recorded in `synapse_compress.runs`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,22 +128,29 @@ struct NewGroups {
     rows: Vec<i64>,
 }
 
-/// The newest group id and, above `scanned`, the new groups and rows of each room (an
-/// index range scan, never the whole table again). Run as the tables' owner.
+/// The newest group id, the snapshot it was read in (for `revisit`'s late commits)
+/// and, above `scanned`, the new groups and rows of each room (an index range scan,
+/// never the whole table again). Run as the tables' owner.
 fn count_new_groups(
     client: &SpiClient<'_>,
     tables: &StateTables,
     scanned: i64,
-) -> Result<(i64, NewGroups)> {
-    let upto: i64 = one(
-        client,
-        &tables.sql("SELECT coalesce(max(id), 0) FROM @s.state_groups"),
-        &[],
-    )?
-    .unwrap_or(0);
+) -> Result<(i64, String, NewGroups)> {
+    let table = client
+        .select(
+            &tables.sql(
+                "SELECT coalesce(max(id), 0), pg_catalog.pg_current_snapshot()::text                  FROM @s.state_groups",
+            ),
+            None,
+            &[],
+        )
+        .map_err(spi)?;
+    let (upto, snapshot) = table.first().get_two::<i64, String>().map_err(spi)?;
+    free_result();
+    let (upto, snapshot) = (upto.unwrap_or(0), snapshot.unwrap_or_default());
     let mut new = NewGroups::default();
     if upto <= scanned {
-        return Ok((upto, new));
+        return Ok((upto, snapshot, new));
     }
     let progress = if tables.has_tool_tables() {
         "LEFT JOIN @s.state_compressor_progress p ON p.room_id = g.room_id \
@@ -173,7 +180,7 @@ fn count_new_groups(
         }
     }
     free_result();
-    Ok((upto, new))
+    Ok((upto, snapshot, new))
 }
 
 /// Start a run: close runs whose backend is gone, prune history, bring the room queue
@@ -201,9 +208,19 @@ pub fn begin_run(client: &mut SpiClient<'_>, source: Source) -> Result<i64> {
     )?
     .ok_or_else(|| Error::Store("synapse_compress.control has no row".into()))?;
     let tables = StateTables::resolve(client, Access::Write)?;
-    let (upto, new_groups) = tables
+    let (upto, snapshot, new_groups) = tables
         .owner()
         .run(|| count_new_groups(client, &tables, scanned))?;
+    // Groups below rooms' progress that Synapse de-deltaed or that committed late.
+    let found = revisit::at_run_start(client, &tables, upto, &snapshot)?;
+    if found.rooms > 0 {
+        pgrx::log!(
+            "synapse_compress: {} rooms sent back ({} with de-deltaed groups, {} with late groups)",
+            found.rooms,
+            found.dedeltas,
+            found.late
+        );
+    }
     if upto > scanned {
         // Rooms an adopted tool had already compressed past are not counted again.
         exec(
@@ -428,6 +445,19 @@ pub fn run_chunk(client: &mut SpiClient<'_>, run: i64) -> Result<Step> {
                     }
                 }
             }
+            match &r.outcome {
+                ChunkOutcome::Done => {}
+                ChunkOutcome::Written(rep) => {
+                    revisit::record_chunk(client, &room, rep.first, rep.last, &rep.snapshots)?
+                }
+                ChunkOutcome::NotSaved { report: rep, .. } => revisit::record_chunk(
+                    client,
+                    &room,
+                    rep.first,
+                    rep.last,
+                    &rep.stored_snapshots,
+                )?,
+            }
             if let ChunkOutcome::NotSaved { saved, .. } = &r.outcome {
                 notes.push(format!("chunk undone: it would have saved {saved} rows"));
             }
@@ -627,6 +657,7 @@ pub fn reset_room(client: &mut SpiClient<'_>, room: &str) -> Result<()> {
         }
         Ok((groups.unwrap_or(0), rows.unwrap_or(0), had_progress))
     })?;
+    revisit::forget_room(client, room)?;
     let queued = one::<bool>(
         client,
         "SELECT EXISTS (SELECT 1 FROM synapse_compress.room_queue WHERE room_id = $1)",

@@ -245,3 +245,54 @@ fn a_chunk_read_in_slices_is_still_full() {
     assert_eq!(groups, 500, "the chunk stopped after {groups} groups");
     assert_eq!(r.progress.last_compressed, 500);
 }
+
+/// The room's groups in `first..=last` stored without a predecessor.
+fn stored_snapshots(s: &MemStore, room: &str, first: GroupId, last: GroupId) -> Vec<GroupId> {
+    s.tables
+        .groups
+        .range(first..=last)
+        .filter(|(id, r)| *r == room && s.tables.edges.get(id).is_none_or(|e| e.is_empty()))
+        .map(|(id, _)| *id)
+        .collect()
+}
+
+#[test]
+fn chunk_reports_list_the_snapshots_they_leave() {
+    let mut checked = 0;
+    for seed in 0..20u64 {
+        let (mut s, rooms) = load(seed);
+        for room in &rooms {
+            let upto = s.tables.groups.keys().max().copied().unwrap_or(0);
+            // A high minimum undoes some chunks: their report names the stored ones.
+            let limits = ChunkLimits {
+                chunk_size: 40,
+                upto,
+                min_saved_rows: if seed % 2 == 0 { 0 } else { 50 },
+                memory_limit: DEFAULT_MEMORY_LIMIT,
+            };
+            let mut p = fresh("10,5");
+            loop {
+                let before = s.clone();
+                let r = compress_chunk(&mut s, room, &p, limits, None).expect("chunk");
+                p = r.progress;
+                let (rep, listed) = match &r.outcome {
+                    ChunkOutcome::Done => break,
+                    ChunkOutcome::Written(rep) => (rep, &rep.snapshots),
+                    ChunkOutcome::NotSaved { report, .. } => (report, &report.stored_snapshots),
+                };
+                assert_eq!(
+                    *listed,
+                    stored_snapshots(&s, room, rep.first, rep.last),
+                    "seed {seed}, room {room}"
+                );
+                assert_eq!(
+                    rep.stored_snapshots,
+                    stored_snapshots(&before, room, rep.first, rep.last),
+                    "seed {seed}, room {room}: as loaded"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 50, "{checked} chunks checked");
+}

@@ -135,6 +135,13 @@ pub struct ChunkReport {
     pub skipped: Vec<(GroupId, SkipReason)>,
     /// Every group's plan, in id order, when the run records them (`Run::record_plan`).
     pub plan: Vec<GroupPlan>,
+    /// The chunk's groups stored as full snapshots (no predecessor) once its rewrites
+    /// are written, ascending: what the scheduled runs record as snapshots they left,
+    /// so they are not mistaken for groups Synapse de-deltaed later.
+    pub snapshots: Vec<GroupId>,
+    /// The chunk's groups that were full snapshots as loaded (what stays if the
+    /// chunk's writes are undone).
+    pub stored_snapshots: Vec<GroupId>,
 }
 
 impl ChunkReport {
@@ -150,6 +157,8 @@ impl ChunkReport {
         self.rows_after += next.rows_after;
         self.skipped.extend(next.skipped);
         self.plan.extend(next.plan);
+        self.snapshots.extend(next.snapshots);
+        self.stored_snapshots.extend(next.stored_snapshots);
     }
 }
 

@@ -376,6 +376,7 @@ impl Run {
         let mut inputs = Vec::with_capacity(n);
         let mut raw_rows = Vec::with_capacity(n);
         let mut raw_prevs = Vec::with_capacity(if self.record { n } else { 0 });
+        let mut stored_snapshot = Vec::with_capacity(n);
         let mut report = ChunkReport {
             first: chunk.groups[0].id,
             last: chunk.groups[n - 1].id,
@@ -388,6 +389,7 @@ impl Run {
             if self.record {
                 raw_prevs.push(g.prevs.first().copied());
             }
+            stored_snapshot.push(g.prevs.is_empty());
             report.rows_before += g.rows.len() as u64;
             let input = match resolve_group(store, &mut outside, &states, &g)? {
                 Ok((orig_prev, own, state)) => {
@@ -431,7 +433,17 @@ impl Run {
         let max_hops = self.levels.spec().max_hops();
         let mut rewrites = Vec::new();
         let mut forced = 0;
-        for (i, ((p, input), raw)) in plan.planned.iter().zip(&inputs).zip(&raw_rows).enumerate() {
+        for (i, (((p, input), raw), &was_snapshot)) in plan
+            .planned
+            .iter()
+            .zip(&inputs)
+            .zip(&raw_rows)
+            .zip(&stored_snapshot)
+            .enumerate()
+        {
+            if was_snapshot {
+                report.stored_snapshots.push(p.id);
+            }
             if self.record {
                 let old_prev = raw_prevs[i];
                 let (new_prev, rows_after, action) = match &p.decision {
@@ -463,13 +475,24 @@ impl Run {
                 Decision::Skip(reason) => {
                     report.skipped.push((p.id, reason.clone()));
                     report.rows_after += raw;
+                    if was_snapshot {
+                        report.snapshots.push(p.id);
+                    }
                 }
-                Decision::Keep => report.rows_after += raw,
+                Decision::Keep => {
+                    report.rows_after += raw;
+                    if was_snapshot {
+                        report.snapshots.push(p.id);
+                    }
+                }
                 Decision::Rewrite {
                     prev,
                     delta,
                     forced_snapshot,
                 } => {
+                    if prev.is_none() {
+                        report.snapshots.push(p.id);
+                    }
                     let target = input.state.as_deref().expect("planned groups have state");
                     let base_node = match prev {
                         Some(b) => Some(match plan.nodes.get(b) {
