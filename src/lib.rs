@@ -27,6 +27,7 @@ mod owner;
 mod plan;
 mod progress;
 mod revisit;
+mod rooms;
 mod schedule;
 mod spi;
 mod worker;
