@@ -185,9 +185,13 @@ SELECT
          THEN clock_timestamp() + (clock_timestamp() - cur.started_at) * (pend.groups::float8 / cur.groups)
     END AS run_eta
 FROM synapse_compress.control c
-LEFT JOIN LATERAL (SELECT * FROM synapse_compress.runs r WHERE r.outcome = 'running'
+-- Named columns, not *: a view stores *'s expansion, and an update that adds a column
+-- to runs would leave an upgraded view unlike a fresh one.
+LEFT JOIN LATERAL (SELECT r.run_id, r.current_room, r.current_group, r.started_at, r.groups
+                   FROM synapse_compress.runs r WHERE r.outcome = 'running'
                    ORDER BY r.run_id DESC LIMIT 1) cur ON true
-LEFT JOIN LATERAL (SELECT * FROM synapse_compress.runs r WHERE r.outcome <> 'running'
+LEFT JOIN LATERAL (SELECT r.started_at, r.finished_at, r.outcome
+                   FROM synapse_compress.runs r WHERE r.outcome <> 'running'
                    ORDER BY r.run_id DESC LIMIT 1) last ON true
 CROSS JOIN (SELECT coalesce(sum(q.pending_groups), 0) AS groups FROM synapse_compress.room_queue q) pend
 CROSS JOIN (SELECT sum(x.total_bytes)::bigint AS state_tables_bytes,

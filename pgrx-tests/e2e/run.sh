@@ -7,6 +7,7 @@
 #   -- data: ARGS      generator arguments (synapse-compress-gen ARGS | psql), repeatable
 # A case passes when psql exits 0; one that prints "SKIPPED: why" and exits 0 is
 # skipped (a server without what it needs). Prints "N passed, N failed, N skipped" last.
+# `run.sh NAME` runs the cases whose name contains NAME; E2E_SKIP="a b" skips cases a, b.
 set -uo pipefail
 # shellcheck source=pgrx-tests/env.sh
 source "$(dirname "$0")/../env.sh"
@@ -24,6 +25,9 @@ filter=${1:-}
 for case in pgrx-tests/e2e/cases/*.sql; do
     name=$(basename "$case" .sql)
     [ -n "$filter" ] && [[ "$name" != *"$filter"* ]] && continue
+    if [[ " ${E2E_SKIP:-} " == *" $name "* ]]; then
+        skipped=$((skipped + 1)); echo "skip   $name: in E2E_SKIP"; continue
+    fi
     db="e2e_${name}"
     log="$LOGS/$name.log"
     start=$(date +%s%N)
