@@ -103,7 +103,7 @@ pgrx_init() {
     local cfg=${PGRX_HOME:-$HOME/.pgrx}/config.toml args=() major want have missing=0
     for major in 15 16 18; do
         want=$(pg_config_of "$major")
-        have=$(sed -n "s/^pg$major = \"\(.*\)\"$/\1/p" "$cfg" 2>/dev/null)
+        have=$(sed -n "s/^pg$major = \"\(.*\)\"$/\1/p" "$cfg" 2>/dev/null || true)
         if [ -n "$have" ] && "$have" --version 2>/dev/null | grep -q "^PostgreSQL $major\."; then
             args+=("--pg$major" "$have")
         else
