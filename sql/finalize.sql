@@ -50,6 +50,10 @@ COMMENT ON PROCEDURE compress_database(interval, integer) IS
 'A room that fails is recorded in synapse_compress.rooms and retried later. Must be CALLed outside a transaction block.';
 COMMENT ON FUNCTION synapse_compress.worker_registered() IS
 'True when this server registered the background worker (synapse_compress in shared_preload_libraries and synapse_compress.workers > 0).';
+COMMENT ON FUNCTION synapse_compress.window_wait(integer) IS
+'Minutes from a minute of the day (0-1439) until synapse_compress.window is open: 0 inside it or when it is empty. Used by window_start().';
+COMMENT ON FUNCTION synapse_compress.window_start(timestamptz) IS
+'When a scheduled run may start at or after the given time: that time if synapse_compress.window is open then, else the window''s next opening. Used by the status view''s next_run.';
 COMMENT ON FUNCTION synapse_compress.wake_workers() IS
 'Set the latch of every running synapse_compress worker; returns how many were woken. Used by run_now() and resume().';
 COMMENT ON FUNCTION synapse_compress.begin_run(text) IS

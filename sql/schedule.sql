@@ -150,6 +150,15 @@ SELECT pg_catalog.pg_extension_config_dump('synapse_compress.room_snapshots', ''
 COMMENT ON TABLE synapse_compress.room_snapshots IS
 'Full snapshots that scheduled runs left at or below each room''s progress; other snapshots found there (de-deltaed by Synapse) are compressed again.';
 
+-- When a scheduled run may start at or after `at`: `at` if synapse_compress.window is
+-- open then, else the window's next opening (times of day in the session's time zone,
+-- which is the server's unless the client set another; the worker uses the server's).
+CREATE FUNCTION synapse_compress.window_start(at timestamptz) RETURNS timestamptz
+LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE x.wait WHEN 0 THEN at ELSE date_trunc('minute', at) + make_interval(mins => x.wait) END
+    FROM (SELECT synapse_compress.window_wait((extract(hour FROM at) * 60 + extract(minute FROM at))::int) AS wait) x
+$$;
+
 CREATE VIEW synapse_compress.status AS
 SELECT
     synapse_compress.worker_registered() AS worker_registered,
@@ -163,13 +172,15 @@ SELECT
     last.started_at AS last_run_started,
     last.finished_at AS last_run_finished,
     last.outcome AS last_run_outcome,
+    -- The worker starts a run only inside synapse_compress.window.
     CASE WHEN c.paused OR NOT coalesce(current_setting('synapse_compress.enabled', true)::boolean, false)
               OR NOT synapse_compress.worker_registered() THEN NULL
          WHEN cur.run_id IS NOT NULL THEN cur.started_at
-         WHEN c.wake_requested_at > coalesce(last.started_at, '-infinity') THEN c.wake_requested_at
-         ELSE coalesce(last.finished_at, now())
+         WHEN c.wake_requested_at > coalesce(last.started_at, '-infinity')
+              THEN synapse_compress.window_start(c.wake_requested_at)
+         ELSE synapse_compress.window_start(coalesce(last.finished_at, now())
               + make_interval(secs => (SELECT s.setting::int FROM pg_settings s
-                                       WHERE s.name = 'synapse_compress.interval'))
+                                       WHERE s.name = 'synapse_compress.interval')))
     END AS next_run,
     c.rows_saved AS rows_saved_total,
     (SELECT count(*) FROM synapse_compress.room_queue q WHERE q.pending_groups > 0) AS rooms_pending,

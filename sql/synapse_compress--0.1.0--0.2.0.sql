@@ -284,6 +284,22 @@ LANGUAGE c AS 'MODULE_PATHNAME', 'plan_room_json_wrapper';
 --    (rooms is re-created above); plain metrics for Prometheus exporters (the metrics
 --    view).
 
+CREATE FUNCTION synapse_compress."window_wait"(
+    "minute_of_day" INT
+) RETURNS INT
+STABLE PARALLEL SAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c AS 'MODULE_PATHNAME', 'window_wait_wrapper';
+
+-- When a scheduled run may start at or after `at`: `at` if synapse_compress.window is
+-- open then, else the window's next opening (times of day in the session's time zone,
+-- which is the server's unless the client set another; the worker uses the server's).
+CREATE FUNCTION synapse_compress.window_start(at timestamptz) RETURNS timestamptz
+LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE x.wait WHEN 0 THEN at ELSE date_trunc('minute', at) + make_interval(mins => x.wait) END
+    FROM (SELECT synapse_compress.window_wait((extract(hour FROM at) * 60 + extract(minute FROM at))::int) AS wait) x
+$$;
+
 CREATE OR REPLACE VIEW synapse_compress.status AS
 SELECT
     synapse_compress.worker_registered() AS worker_registered,
@@ -297,13 +313,15 @@ SELECT
     last.started_at AS last_run_started,
     last.finished_at AS last_run_finished,
     last.outcome AS last_run_outcome,
+    -- The worker starts a run only inside synapse_compress.window.
     CASE WHEN c.paused OR NOT coalesce(current_setting('synapse_compress.enabled', true)::boolean, false)
               OR NOT synapse_compress.worker_registered() THEN NULL
          WHEN cur.run_id IS NOT NULL THEN cur.started_at
-         WHEN c.wake_requested_at > coalesce(last.started_at, '-infinity') THEN c.wake_requested_at
-         ELSE coalesce(last.finished_at, now())
+         WHEN c.wake_requested_at > coalesce(last.started_at, '-infinity')
+              THEN synapse_compress.window_start(c.wake_requested_at)
+         ELSE synapse_compress.window_start(coalesce(last.finished_at, now())
               + make_interval(secs => (SELECT s.setting::int FROM pg_settings s
-                                       WHERE s.name = 'synapse_compress.interval'))
+                                       WHERE s.name = 'synapse_compress.interval')))
     END AS next_run,
     c.rows_saved AS rows_saved_total,
     (SELECT count(*) FROM synapse_compress.room_queue q WHERE q.pending_groups > 0) AS rooms_pending,
@@ -398,6 +416,10 @@ COMMENT ON VIEW synapse_compress.rooms IS
 'pending groups and rows, rows saved, chunks written and undone, last error, next retry; '
 'bytes_saved_estimate (rows_saved times state_groups_state''s bytes per row now: see the space view); '
 'its room_settings: excluded, priority, levels_setting (NULL: synapse_compress.levels).';
+COMMENT ON FUNCTION synapse_compress.window_wait(integer) IS
+'Minutes from a minute of the day (0-1439) until synapse_compress.window is open: 0 inside it or when it is empty. Used by window_start().';
+COMMENT ON FUNCTION synapse_compress.window_start(timestamptz) IS
+'When a scheduled run may start at or after the given time: that time if synapse_compress.window is open then, else the window''s next opening. Used by the status view''s next_run.';
 COMMENT ON VIEW synapse_compress.status IS
 'One row: is the worker registered and running, enabled, paused; the current run, room and group; the last run and its outcome; the next run; totals; '
 'bytes_saved_estimate (rows_saved_total times state_groups_state''s bytes per row now, table and indexes: see the space view), '

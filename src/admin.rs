@@ -13,6 +13,7 @@ use pgrx::prelude::*;
 #[pg_schema]
 pub mod synapse_compress {
     use pgrx::prelude::*;
+    use pgrx::PgSqlErrorCode;
 
     use crate::errors::{clean, raise, required};
     use crate::schedule::{self, Source};
@@ -24,6 +25,23 @@ pub mod synapse_compress {
     #[search_path(pg_catalog, pg_temp)]
     fn worker_registered() -> bool {
         worker::registered()
+    }
+
+    /// Minutes from `minute_of_day` (0..1439) until `synapse_compress.window` is open:
+    /// 0 inside it (and when it is empty). `window_start()` and the `status` view's
+    /// `next_run` use it, with the worker's own rule (`schedule::Window`).
+    #[pg_extern(stable, parallel_safe)]
+    #[search_path(pg_catalog, pg_temp)]
+    fn window_wait(minute_of_day: Option<i32>) -> Option<i32> {
+        let minute = required(minute_of_day, "minute_of_day");
+        let Some(minute) = u32::try_from(minute).ok().filter(|m| *m < 24 * 60) else {
+            crate::errors::report(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("minute_of_day {minute} is not between 0 and 1439"),
+                "Pass minutes since midnight: hours * 60 + minutes.".into(),
+            )
+        };
+        crate::gucs::window().map(|w| w.minutes_until_open(minute) as i32)
     }
 
     /// Set the latch of every running worker; returns how many were woken.

@@ -1,17 +1,19 @@
 //! SQL-callable functions. Each one checks its input, then hands the work to the
 //! core engine with an SPI store; see `sql/finalize.sql` for grants and comments.
 
+use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
 use pgrx::prelude::*;
-use pgrx::PgSqlErrorCode;
+use pgrx::{PgSqlErrorCode, PgTryBuilder};
 use synapse_compress_core::engine::{self, NotWritten, Options, Summary};
 use synapse_compress_core::{Error, LevelSpec};
 
 use crate::errors::{self, raise, report, required};
 use crate::owner::{Access, StateTables};
 use crate::spi::store::SpiStore;
-use crate::spi::subxact;
+use crate::spi::subxact::{self, SubTransaction};
+use crate::spi::{guard, locks};
 use crate::{gucs, progress};
 
 /// Compress one room's state groups in the caller's transaction; see the COMMENT.
@@ -57,7 +59,7 @@ fn compress_room(
     let level = subxact::Level::here();
     let summary = errors::boundary(
         || level.unwind(),
-        || run(room, opts, dry_run, min_saved_rows),
+        || run_without_deadlock(room, opts, dry_run, min_saved_rows),
     )
     .unwrap_or_else(|e| raise(e));
 
@@ -72,6 +74,11 @@ fn compress_room(
         Some(NotWritten::BelowMinimum { saved, minimum }) => {
             notice!("compress_room {room}: nothing written, {saved} rows saved is below min_saved_rows {minimum}")
         }
+        Some(NotWritten::LockRefused) => warning!(
+            "compress_room {room}: nothing written: Synapse is deleting some of the room's state groups, \
+             and this transaction holds the locks of an earlier compress_room; waiting for Synapse could \
+             deadlock with it. The transaction's earlier work is kept: commit, then call compress_room again."
+        ),
     }
     // SAFETY: reading transaction state on the backend's thread.
     if summary.written && unsafe { pg_sys::IsTransactionBlock() } {
@@ -122,6 +129,53 @@ pub fn room_options(
     };
     opts.validate().unwrap_or_else(|e| raise(e));
     opts
+}
+
+/// `run`, never waiting for a lock while holding others (`spi::locks`). A refused lock
+/// rolls the attempt back, releasing its locks, and it is retried holding none (its
+/// first lock may then wait). If the caller's transaction held locks before this
+/// call, retrying cannot help: the run gives up without raising, so that
+/// transaction's work is kept.
+fn run_without_deadlock(
+    room: &str,
+    opts: Options,
+    dry_run: bool,
+    min_saved_rows: i64,
+) -> Result<Summary, Error> {
+    let held_before = locks::held();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let sub = SubTransaction::begin();
+        let opts = opts.clone();
+        let out = PgTryBuilder::new(AssertUnwindSafe(|| {
+            Some(run(room, opts, dry_run, min_saved_rows))
+        }))
+        .catch_when(PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE, |caught| {
+            if locks::refused() && (held_before || attempt < guard::MAX_ATTEMPTS) {
+                None
+            } else {
+                caught.rethrow()
+            }
+        })
+        .execute();
+        match out {
+            Some(result) => {
+                sub.end(result.is_ok());
+                return result;
+            }
+            None => {
+                sub.end(false);
+                if held_before {
+                    return Ok(Summary {
+                        room_id: room.to_string(),
+                        not_written: Some(NotWritten::LockRefused),
+                        ..Summary::default()
+                    });
+                }
+            }
+        }
+    }
 }
 
 /// The compression itself, in one SPI connection, as the state tables' owner.

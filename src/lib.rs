@@ -41,7 +41,8 @@ pgrx::extension_sql_file!(
         admin::synapse_compress::worker_registered,
         admin::synapse_compress::wake_workers,
         admin::synapse_compress::room_state_groups,
-        admin::synapse_compress::room_progress
+        admin::synapse_compress::room_progress,
+        admin::synapse_compress::window_wait
     ]
 );
 pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);

@@ -264,6 +264,7 @@ pub fn at_run_start(
             found.dedeltas = new.len() as i64;
             affected.extend(new);
         }
+        prune_deleted(client, tables)?;
     }
 
     // Per room, the lowest affected group.
@@ -294,6 +295,50 @@ pub fn at_run_start(
         ],
     )?;
     Ok(found)
+}
+
+/// Forget the recorded snapshots of groups Synapse has deleted since (their ids never
+/// come back). Runs with the de-delta scan: only after state_groups lost rows.
+fn prune_deleted(client: &mut SpiClient<'_>, tables: &StateTables) -> Result<()> {
+    let t = client
+        .select(
+            "SELECT coalesce(array_agg(DISTINCT state_group), '{}') FROM synapse_compress.room_snapshots",
+            None,
+            &[],
+        )
+        .map_err(spi)?;
+    let recorded = t
+        .first()
+        .get_one::<Vec<i64>>()
+        .map_err(spi)?
+        .unwrap_or_default();
+    free_result();
+    if recorded.is_empty() {
+        return Ok(());
+    }
+    // Synapse's table is read as its owner; ours is written as ourselves.
+    let sql = tables.sql(
+        "SELECT coalesce(array_agg(i), '{}') FROM unnest($1::bigint[]) AS i \
+         WHERE NOT EXISTS (SELECT 1 FROM @s.state_groups g WHERE g.id = i)",
+    );
+    let gone = tables.owner().run(|| -> Result<Vec<i64>> {
+        let t = client.select(&sql, None, &[recorded.into()]).map_err(spi)?;
+        let gone = t
+            .first()
+            .get_one::<Vec<i64>>()
+            .map_err(spi)?
+            .unwrap_or_default();
+        free_result();
+        Ok(gone)
+    })?;
+    if gone.is_empty() {
+        return Ok(());
+    }
+    exec(
+        client,
+        "DELETE FROM synapse_compress.room_snapshots WHERE state_group = ANY($1)",
+        &[gone.into()],
+    )
 }
 
 /// Send `room`'s progress back to just below the nearest full snapshot the runs

@@ -270,6 +270,16 @@ impl Window {
             Some((start, end)) => minute >= start || minute < end,
         }
     }
+
+    /// Minutes from `minute` until the window is next open: 0 inside it.
+    pub fn minutes_until_open(&self, minute: u32) -> u32 {
+        match self.span {
+            Some((start, _)) if !self.contains(minute) => {
+                (start + MINUTES_PER_DAY - minute % MINUTES_PER_DAY) % MINUTES_PER_DAY
+            }
+            _ => 0,
+        }
+    }
 }
 
 /// `HH:MM` as minutes since midnight; `24:00` only as an end.
@@ -445,6 +455,34 @@ mod tests {
         assert!(!w.contains(0));
         let n = (0..MINUTES_PER_DAY).filter(|&m| w.contains(m)).count();
         assert_eq!(n, 5 * 60);
+    }
+
+    #[test]
+    fn minutes_until_open_lands_on_the_first_open_minute() {
+        for text in [
+            "",
+            "01:00-06:00",
+            "22:30-02:00",
+            "23:59-00:00",
+            "00:00-23:59",
+            "12:00-12:01",
+        ] {
+            let w = Window::parse(text).unwrap();
+            for m in 0..MINUTES_PER_DAY {
+                let wait = w.minutes_until_open(m);
+                let at = (m + wait) % MINUTES_PER_DAY;
+                assert!(w.contains(at), "{text}: {m} + {wait} is closed");
+                // No earlier minute is open.
+                assert!(
+                    (0..wait).all(|d| !w.contains((m + d) % MINUTES_PER_DAY)),
+                    "{text}: {m} waits {wait}, an earlier minute is open"
+                );
+            }
+        }
+        let w = Window::parse("01:00-06:00").unwrap();
+        assert_eq!(w.minutes_until_open(hm(6, 0)), 19 * 60);
+        assert_eq!(w.minutes_until_open(hm(0, 59)), 1);
+        assert_eq!(w.minutes_until_open(hm(3, 0)), 0);
     }
 
     #[test]

@@ -215,8 +215,9 @@ last=$(q "SELECT max(run_id) FROM synapse_compress.runs")
 q "SELECT synapse_compress.run_now()" >/dev/null
 if wait_for "SELECT query = 'synapse_compress worker: waiting for synapse_compress.window $outside' FROM pg_stat_activity WHERE backend_type = 'synapse_compress worker'" 30 &&
    [ "$(q "SELECT count(*) FROM synapse_compress.runs WHERE run_id > $last")" = 0 ] &&
-   grep -q "a run is due; waiting for synapse_compress.window \"$outside\"" "$DIR/server.log"; then
-    ok "window $outside (excludes now): run_now() started no run; the worker says it waits"
+   grep -q "a run is due; waiting for synapse_compress.window \"$outside\"" "$DIR/server.log" &&
+   [ "$(q "SELECT to_char(next_run, 'HH24:MI') = split_part('$outside', '-', 1) AND next_run > now() AND next_run < now() + interval '2 hours 1 minute' FROM synapse_compress.status")" = t ]; then
+    ok "window $outside (excludes now): run_now() started no run; the worker says it waits; status.next_run is the window's opening"
 else
     fail "window $outside: runs $(q "SELECT string_agg(run_id || ':' || outcome, ' ') FROM synapse_compress.runs WHERE run_id > $last")"
 fi

@@ -15,6 +15,7 @@ use pgrx::{PgSqlErrorCode, PgTryBuilder};
 use synapse_compress_core::Error;
 
 use crate::errors;
+use crate::spi::locks;
 use crate::spi::subxact::SubTransaction;
 
 pub const MAX_ATTEMPTS: u32 = 3;
@@ -62,6 +63,9 @@ pub fn contained<T>(mut body: impl FnMut() -> Result<T, Error>) -> Result<T, Fai
                 caught.rethrow();
             }
             Attempt::Failed(code, message) => {
+                // A refusal to wait while holding locks (`spi::locks`): the rollback
+                // releases them, and the retry may wait.
+                locks::refused();
                 sub.end(false);
                 let transient = matches!(
                     code,
@@ -86,7 +90,7 @@ pub fn contained<T>(mut body: impl FnMut() -> Result<T, Error>) -> Result<T, Fai
 }
 
 /// Whether this transaction keeps one snapshot (REPEATABLE READ or SERIALIZABLE).
-fn snapshot_per_transaction() -> bool {
+pub fn snapshot_per_transaction() -> bool {
     // SAFETY: reading a backend global on the backend's thread.
     unsafe { pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 }
 }

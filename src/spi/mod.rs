@@ -1,8 +1,10 @@
 //! Everything that talks to PostgreSQL through SPI on the engine's behalf:
 //! - `store`: the core's `Store` over SPI (reads, locks, set-based writes);
 //! - `guard`: containing one chunk's failure (subtransaction, bounded retries);
+//! - `locks`: never waiting for a lock while holding others (no deadlock with Synapse);
 //! - `subxact`: internal subtransactions, released or rolled back on every path.
 
 pub mod guard;
+pub mod locks;
 pub mod store;
 pub mod subxact;

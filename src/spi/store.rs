@@ -19,6 +19,7 @@ use synapse_compress_core::store::{Chain, Chunk, Rewrite, RoomExtent, Store};
 use synapse_compress_core::{Error, GroupId, RawGroup, Result, StateRow};
 
 use crate::owner::StateTables;
+use crate::spi::locks::{self, Mode};
 use crate::spi::subxact::SubTransaction;
 
 pub struct SpiStore<'a, 'conn> {
@@ -53,6 +54,16 @@ const LOAD_EDGES: &str =
 const LOAD_ROWS: &str = "SELECT state_group, type, state_key, event_id \
      FROM @s.state_groups_state WHERE state_group = ANY($1)";
 const LOAD_ROOMS: &str = "SELECT id, room_id FROM @s.state_groups WHERE id = ANY($1)";
+/// A chunk's groups and their stored predecessors (`load_chunk`). The lock clause
+/// (`spi::locks::lock_clause`) is appended.
+const LOCK_CHUNK: &str = "SELECT g.id FROM @s.state_groups g JOIN ( \
+       SELECT unnest($1::bigint[]) AS id \
+       UNION SELECT prev_state_group FROM @s.state_group_edges WHERE state_group = ANY($1) \
+     ) w ON g.id = w.id ORDER BY g.id";
+/// Rounds of `lock_groups` (take what is free, else wait for one row) before it
+/// gives up.
+const MAX_LOCK_ROUNDS: usize = 20;
+const LOCK_GROUPS: &str = "SELECT g.id FROM @s.state_groups g WHERE g.id = ANY($1) ORDER BY g.id";
 const LOAD_FROZEN: &str =
     "SELECT state_group FROM @s.state_groups_pending_deletion WHERE state_group = ANY($1) \
      UNION SELECT state_group FROM @s.state_groups_persisting WHERE state_group = ANY($1)";
@@ -113,6 +124,48 @@ impl<'a, 'conn> SpiStore<'a, 'conn> {
         self.client.update(&sql, None, args).map_err(spi)?;
         free_result();
         Ok(())
+    }
+
+    /// Lock Synapse's `state_groups` rows selected by `sql` (ids `$1`, alias `g`) and
+    /// return the ids locked (a group deleted meanwhile is not). Never waits while
+    /// holding another lock of ours (`spi::locks`).
+    fn lock_groups(&mut self, sql: &str, ids: &[GroupId]) -> Result<Vec<GroupId>> {
+        if locks::held() {
+            return locks::locking(true, || self.lock_rows(sql, Mode::NoWait, ids));
+        }
+        for _ in 0..MAX_LOCK_ROUNDS {
+            let sub = SubTransaction::begin();
+            let got = self.lock_rows(sql, Mode::SkipLocked, ids)?;
+            let taken: FxHashSet<GroupId> = got.iter().copied().collect();
+            let busy = self.ids(sql, &[ids.to_vec().into()])?;
+            let Some(&wait_for) = busy.iter().find(|id| !taken.contains(id)) else {
+                sub.end(true);
+                locks::mark_held();
+                return Ok(got);
+            };
+            sub.end(false);
+            // Holding nothing now: wait for that row alone, then let go of it.
+            let sub = SubTransaction::begin();
+            self.lock_rows(LOCK_GROUPS, Mode::Wait, &[wait_for])?;
+            sub.end(false);
+        }
+        // Synapse kept taking rows back (a storm of deletions): refuse, to retry later.
+        locks::locking(true, || self.lock_rows(sql, Mode::NoWait, ids))
+    }
+
+    fn lock_rows(&mut self, sql: &str, mode: Mode, ids: &[GroupId]) -> Result<Vec<GroupId>> {
+        let sql = self.tables.sql(&format!("{sql}{}", mode.clause()));
+        let args: [DatumWithOid; 1] = [ids.to_vec().into()];
+        let table = self.client.update(&sql, None, &args).map_err(spi)?;
+        let mut out = Vec::with_capacity(ids.len());
+        for row in table {
+            out.extend(row.get::<i64>(1).map_err(spi)?);
+        }
+        free_result();
+        if mode != Mode::Wait {
+            locks::mark_held();
+        }
+        Ok(out)
     }
 
     fn ids(&self, sql: &str, args: &[DatumWithOid]) -> Result<Vec<GroupId>> {
@@ -221,16 +274,12 @@ impl<'a, 'conn> SpiStore<'a, 'conn> {
     ) -> Result<Vec<GroupId>> {
         // One scan of the room's ids per run, read `limit` at a time: memory stays
         // bounded by the chunk however large the room.
+        // Unlocked: `load_chunk` locks each chunk's groups with their predecessors, in
+        // one statement (see `spi::locks`).
         if self.scan.as_ref().map(|(_, at)| *at) != Some(after) {
             self.scan = None;
-            let sql = if self.lock {
-                // NO KEY UPDATE: serialises with Synapse's deletion (FOR UPDATE) but
-                // lets it keep creating children (FOR KEY SHARE) of these groups.
-                "SELECT id FROM @s.state_groups WHERE room_id = $1 AND id > $2 AND id <= $3 \
-                 ORDER BY id FOR NO KEY UPDATE"
-            } else {
-                "SELECT id FROM @s.state_groups WHERE room_id = $1 AND id > $2 AND id <= $3 ORDER BY id"
-            };
+            let sql =
+                "SELECT id FROM @s.state_groups WHERE room_id = $1 AND id > $2 AND id <= $3 ORDER BY id";
             let args: [DatumWithOid; 3] = [room.into(), after.into(), upto.into()];
             let sql = self.tables.sql(sql);
             let cursor = self.client.try_open_cursor_mut(&sql, &args).map_err(spi)?;
@@ -295,19 +344,18 @@ impl Store for SpiStore<'_, '_> {
         max_bytes: usize,
     ) -> Result<Chunk> {
         self.scratch(|s| {
-            let ids = s.next_ids(room, after, upto, limit)?;
+            let mut ids = s.next_ids(room, after, upto, limit)?;
             if s.lock && !ids.is_empty() {
-                // The chunk's groups are locked by the scan; their stored predecessors
-                // are locked here, before any row is read. Synapse deletes a group, and
+                // The chunk's groups and their stored predecessors, locked in id order in
+                // one statement, before any row is read. Synapse deletes a group, and
                 // de-deltas its children, only under FOR UPDATE on it: from now on
                 // nothing we plan from can change, and a deletion that committed first
-                // is seen by the reads below.
-                s.update(
-                    "SELECT 1 FROM @s.state_groups WHERE id IN \
-                       (SELECT prev_state_group FROM @s.state_group_edges WHERE state_group = ANY($1)) \
-                     FOR KEY SHARE",
-                    &[ids.clone().into()],
-                )?;
+                // is seen by the reads below (its groups are not returned here: they
+                // leave the chunk). NO KEY UPDATE lets Synapse keep creating children
+                // (FOR KEY SHARE) of these groups.
+                let locked: FxHashSet<GroupId> =
+                    s.lock_groups(LOCK_CHUNK, &ids)?.into_iter().collect();
+                ids.retain(|id| locked.contains(id));
             }
             let frozen = s.frozen(&ids)?;
             Ok(Chunk {
@@ -418,6 +466,9 @@ impl Store for SpiStore<'_, '_> {
             // Synapse add children.) A predecessor already deleted is not updated:
             // the chunk is abandoned.
             if s.lock && !prevs.is_empty() {
+                // Predecessors read as part of a chain are not locked yet: lock them
+                // as every later lock is taken (`spi::locks`), then update.
+                s.lock_groups(LOCK_GROUPS, &prevs)?;
                 let want = prevs.len();
                 let sql = s.tables.sql(
                     "UPDATE @s.state_groups SET event_id = event_id WHERE id = ANY($1) RETURNING id",

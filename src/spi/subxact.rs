@@ -4,11 +4,16 @@
 
 use pgrx::pg_sys;
 
+use crate::spi::locks;
+
 pub struct SubTransaction {
     memory: pg_sys::MemoryContext,
     owner: pg_sys::ResourceOwner,
     /// Nesting level of this subtransaction.
     level: i32,
+    /// Whether the transaction held locks on Synapse's rows before (restored on
+    /// rollback, which releases the locks taken inside).
+    locks: Option<pg_sys::TransactionId>,
 }
 
 impl SubTransaction {
@@ -25,6 +30,7 @@ impl SubTransaction {
                 memory,
                 owner,
                 level,
+                locks: locks::remembered(),
             }
         }
     }
@@ -41,6 +47,7 @@ impl SubTransaction {
                 while pg_sys::GetCurrentTransactionNestLevel() >= self.level {
                     pg_sys::RollbackAndReleaseCurrentSubTransaction();
                 }
+                locks::restore(self.locks);
             }
             pg_sys::MemoryContextSwitchTo(self.memory);
             pg_sys::CurrentResourceOwner = self.owner;
@@ -54,6 +61,7 @@ pub struct Level {
     memory: pg_sys::MemoryContext,
     owner: pg_sys::ResourceOwner,
     level: i32,
+    locks: Option<pg_sys::TransactionId>,
 }
 
 impl Level {
@@ -64,6 +72,7 @@ impl Level {
                 memory: pg_sys::CurrentMemoryContext,
                 owner: pg_sys::CurrentResourceOwner,
                 level: pg_sys::GetCurrentTransactionNestLevel(),
+                locks: locks::remembered(),
             }
         }
     }
@@ -77,6 +86,7 @@ impl Level {
             while pg_sys::GetCurrentTransactionNestLevel() > self.level {
                 pg_sys::RollbackAndReleaseCurrentSubTransaction();
             }
+            locks::restore(self.locks);
             pg_sys::MemoryContextSwitchTo(self.memory);
             pg_sys::CurrentResourceOwner = self.owner;
         }

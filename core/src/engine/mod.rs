@@ -91,6 +91,11 @@ pub enum NotWritten {
         saved: i64,
         minimum: i64,
     },
+    /// Synapse held a lock the run needed, and the caller's transaction already held
+    /// locks of an earlier run: waiting could have closed a deadlock with Synapse's
+    /// deletion, so the run gave up before writing (the transaction's earlier work is
+    /// kept).
+    LockRefused,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -141,6 +141,9 @@ SELECT (SELECT count(*) FROM sc_test.dedelta_these) AS dedeltaed_b, (SELECT coun
 SELECT sc_test.check(:dedeltaed_b * 20 >= :groups_b, 'B: at least 5% of the groups were de-deltaed');
 CALL compress_database();
 SELECT sc_test.rows_total() AS rows_next_b \gset
+SELECT sc_test.check(count(*) = 0, 'B: no snapshot recorded for a group Synapse deleted')
+  FROM synapse_compress.room_snapshots k
+  WHERE NOT EXISTS (SELECT 1 FROM state_groups g WHERE g.id = k.state_group);
 CALL sc_test.assert_same_state();
 CALL sc_test.assert_tree(175);
 -- The reference: every room run again from its first group with fresh levels (over

@@ -44,3 +44,10 @@ ALTER SYSTEM SET synapse_compress."window" = '01:00';
 ALTER SYSTEM SET synapse_compress."window" = '22:00-02:00';
 ALTER SYSTEM SET synapse_compress."window" = '';
 ALTER SYSTEM RESET synapse_compress."window";
+-- When a scheduled run may start: with the window empty (always), any time is open.
+SELECT synapse_compress.window_start('2026-01-01 03:30+00') = '2026-01-01 03:30+00' AS open;
+SELECT synapse_compress.window_wait(0) AS wait, synapse_compress.window_wait(1439) AS wait_last;
+SELECT synapse_compress.window_wait(1440);
+\echo SQLSTATE :SQLSTATE
+SELECT synapse_compress.window_wait(NULL);
+\echo SQLSTATE :SQLSTATE

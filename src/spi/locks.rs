@@ -1,0 +1,97 @@
+//! Never wait for a lock on Synapse's rows while holding others: the rule that keeps a
+//! deadlock with Synapse's deletion from forming.
+//!
+//! Synapse's deletion locks the groups it deletes `FOR UPDATE`, several in one
+//! statement. A rewrite that holds some of them (an earlier chunk or slice, or an
+//! earlier `compress_room` in the caller's transaction) and then waits for another
+//! that the deletion already holds closes a cycle: PostgreSQL ends it after
+//! `deadlock_timeout` with 40P01, and Synapse's deletion loop (one room at a time for
+//! the whole server) stalls meanwhile. Whatever order Synapse locks in, no cycle can
+//! form through a transaction that waits only while holding nothing:
+//! - A transaction holding no lock of ours takes a chunk's groups and their stored
+//!   predecessors in one statement, `SKIP LOCKED`. If another transaction held one,
+//!   it lets go of all (a subtransaction rolled back), waits for that one row alone
+//!   (up to `synapse_compress.lock_timeout`), lets go of it, and tries again.
+//! - A transaction already holding some (a later chunk or slice, or an earlier
+//!   `compress_room` in the caller's transaction) takes any more `NOWAIT`. A refusal
+//!   rolls the unit back, which releases its locks, and the unit is retried holding
+//!   nothing; `compress_room` in a transaction that held locks before it was called
+//!   instead gives up without raising, so that transaction's work is kept.
+//!
+//! "Holding" is tracked per top-level transaction: the id of the transaction that
+//! took a lock is remembered, and a subtransaction rolled back restores what was
+//! remembered before it began (`SubTransaction`), as its locks are released too.
+
+use std::cell::Cell;
+
+use pgrx::pg_sys;
+
+thread_local! {
+    /// The top-level transaction that holds row locks we took on Synapse's tables.
+    static HELD_BY: Cell<Option<pg_sys::TransactionId>> = const { Cell::new(None) };
+    /// A `NOWAIT` lock statement is running (its 55P03 is a refusal, not a timeout).
+    static NOWAIT_RUNNING: Cell<bool> = const { Cell::new(false) };
+}
+
+fn top_xid() -> Option<pg_sys::TransactionId> {
+    // SAFETY: reading transaction state on the backend's thread.
+    let xid = unsafe { pg_sys::GetTopTransactionIdIfAny() };
+    (xid != pg_sys::InvalidTransactionId).then_some(xid)
+}
+
+/// Whether this transaction holds row locks we took on Synapse's tables.
+pub fn held() -> bool {
+    let top = top_xid();
+    top.is_some() && HELD_BY.get() == top
+}
+
+/// Locks were just taken (a row lock gives the transaction its id).
+pub fn mark_held() {
+    HELD_BY.set(top_xid());
+}
+
+/// What `held` remembers, to restore when a subtransaction is rolled back.
+pub fn remembered() -> Option<pg_sys::TransactionId> {
+    HELD_BY.get()
+}
+
+pub fn restore(saved: Option<pg_sys::TransactionId>) {
+    HELD_BY.set(saved);
+}
+
+/// How a statement locks Synapse's `state_groups` rows (alias `g`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Wait (up to `lock_timeout`): only for one row, holding no other.
+    Wait,
+    /// Take what no other transaction holds, and say nothing of the rest.
+    SkipLocked,
+    /// Refuse at once (55P03) if another transaction holds one.
+    NoWait,
+}
+
+impl Mode {
+    /// The locking clause to append to the statement.
+    pub fn clause(self) -> &'static str {
+        match self {
+            Mode::Wait => " FOR NO KEY UPDATE OF g",
+            Mode::SkipLocked => " FOR NO KEY UPDATE OF g SKIP LOCKED",
+            Mode::NoWait => " FOR NO KEY UPDATE OF g NOWAIT",
+        }
+    }
+}
+
+/// Run a lock statement, noting whether it was a `NOWAIT` one (see `refused`).
+pub fn locking<T>(nowait: bool, f: impl FnOnce() -> T) -> T {
+    NOWAIT_RUNNING.set(nowait);
+    let out = f();
+    NOWAIT_RUNNING.set(false);
+    out
+}
+
+/// Whether the lock_not_available (55P03) just caught came from a `NOWAIT` statement
+/// (a refusal to wait while holding locks), not from `lock_timeout`. Reading it
+/// clears it.
+pub fn refused() -> bool {
+    NOWAIT_RUNNING.replace(false)
+}
