@@ -505,10 +505,11 @@ ALTER TABLE synapse_compress.control
     -- state_groups' deleted-tuple counter when the last scan for de-deltaed groups ran
     -- (NULL: never; the first scan records the snapshots it finds as a baseline).
     ADD COLUMN groups_deleted_seen bigint,
-    -- The snapshot and the newest group of the last run's start, and the ids up to
-    -- it that were missing then (in flight or rolled back): found later, they
-    -- committed late.
+    -- The snapshot, time and newest group of the run start the floor will move up
+    -- to once settled, and the ids above the floor that were missing at the last
+    -- start (in flight or rolled back): found later, they committed late.
     ADD COLUMN late_snapshot pg_snapshot,
+    ADD COLUMN late_at timestamptz,
     ADD COLUMN late_upto bigint NOT NULL DEFAULT 0,
     ADD COLUMN late_gaps bigint[] NOT NULL DEFAULT '{}',
     -- Ids up to it can no longer commit late.

@@ -22,15 +22,20 @@
 //! (`late_gaps`: in flight, or rolled back); the next start looks them up (primary
 //! key lookups): those now present committed late. (A group's `xmin` cannot tell:
 //! a rewrite updates its `state_groups` row to lock it.) Ids stop being tracked
-//! below `late_floor`, which moves up to the last start's newest id once every
-//! transaction that had a transaction id at that start's snapshot (`late_snapshot`)
-//! has ended (`pg_snapshot_xmax(recorded) <= pg_snapshot_xmin(now)`): an id up to it
-//! was taken before that snapshot, so a transaction still able to commit it would
-//! have been in it. The gap: a transaction that took an id and had written nothing
-//! yet (Synapse inserts the group right after `nextval`, in the same transaction),
-//! or ids cached by a sequence with `CACHE` > 1 (Synapse's has 1). Tracking starts
-//! at the first run: ids up to its newest group count as settled. On an unchanged
-//! database the window is empty and nothing is looked up.
+//! below `late_floor`, which moves up to a recorded start's newest id (`late_upto`)
+//! once both hold:
+//! - every transaction that had a transaction id at that start's snapshot
+//!   (`late_snapshot`) has ended (`pg_snapshot_xmax(recorded) <=
+//!   pg_snapshot_xmin(now)`): an id up to it was taken before that snapshot, so a
+//!   transaction that had written since would have been in it;
+//! - and `LATE_SETTLE` has passed since that start (`late_at`): `nextval` alone
+//!   gives a transaction no transaction id, so one that took an id and had not
+//!   inserted yet is in no snapshot. Synapse inserts the group right after taking
+//!   its id, in the same transaction; ten minutes covers any stall between the two.
+//! The recorded start is kept until it settles, then the current start replaces it.
+//! Ids cached by a sequence with `CACHE` > 1 are not covered (Synapse's has 1).
+//! Tracking starts at the first run: ids up to its newest group count as settled.
+//! On an unchanged database the window is empty and nothing is looked up.
 //!
 //! **The redo.** For each room with such a group `a` at or below its progress, the
 //! progress goes back to just below the highest full snapshot the runs recorded below
@@ -139,6 +144,10 @@ pub fn forget_room(client: &mut SpiClient<'_>, room: &str) -> Result<()> {
     )
 }
 
+/// How long after a recorded run start its ids may still commit late (see the
+/// module's comment).
+const LATE_SETTLE: &str = "10 minutes";
+
 /// At a run's start (the control row locked): find de-deltaed and late groups below
 /// rooms' progress and send those rooms back. `upto` and `snapshot` are the run's
 /// newest group and the snapshot it was read in.
@@ -153,10 +162,14 @@ pub fn at_run_start(
         .select(
             "SELECT groups_deleted_seen, late_snapshot::text, late_upto, late_floor, late_gaps, \
                     pg_catalog.pg_stat_get_tuples_deleted(pg_catalog.to_regclass($1)), \
-                    pg_catalog.current_setting('track_counts')::boolean \
+                    pg_catalog.current_setting('track_counts')::boolean, \
+                    coalesce(pg_catalog.clock_timestamp() - late_at >= $2::interval, true) \
              FROM synapse_compress.control",
             None,
-            &[tables.sql("@s.state_groups").into()],
+            &[
+                tables.sql("@s.state_groups").into(),
+                LATE_SETTLE.into(),
+            ],
         )
         .map_err(spi)?;
     let row = table.first();
@@ -167,6 +180,7 @@ pub fn at_run_start(
     let late_gaps: Vec<i64> = row.get::<Vec<i64>>(5).map_err(spi)?.unwrap_or_default();
     let deleted = row.get::<i64>(6).map_err(spi)?.unwrap_or(0);
     let track_counts = row.get::<bool>(7).map_err(spi)?.unwrap_or(false);
+    let old_enough = row.get::<bool>(8).map_err(spi)?.unwrap_or(true);
     free_result();
     let owner = tables.owner();
     let mut affected: Vec<(String, GroupId, bool)> = Vec::new();
@@ -175,6 +189,7 @@ pub fn at_run_start(
     // once every transaction with an id in its snapshot has ended.
     let floor = match &late_snapshot {
         None => upto,
+        Some(_) if !old_enough => late_floor,
         Some(prev) => {
             let t = client
                 .select(
@@ -281,8 +296,11 @@ pub fn at_run_start(
     }
     exec(
         client,
+        // The recorded start is replaced once settled (the floor reached it).
         "UPDATE synapse_compress.control SET groups_deleted_seen = CASE WHEN $1 THEN $2 ELSE groups_deleted_seen END, \
-             late_snapshot = $3::pg_snapshot, late_upto = $4, late_floor = $5, late_gaps = $6",
+             late_snapshot = CASE WHEN $7 THEN $3::pg_snapshot ELSE late_snapshot END, \
+             late_at = CASE WHEN $7 THEN pg_catalog.clock_timestamp() ELSE late_at END, \
+             late_upto = CASE WHEN $7 THEN $4 ELSE late_upto END, late_floor = $5, late_gaps = $6",
         &[
             // Without the tool's tables nothing is below a progress yet: the counter
             // now is the baseline.
@@ -292,6 +310,7 @@ pub fn at_run_start(
             upto.into(),
             floor.into(),
             gaps.into(),
+            (late_snapshot.is_none() || floor >= late_upto).into(),
         ],
     )?;
     Ok(found)
