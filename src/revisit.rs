@@ -166,10 +166,7 @@ pub fn at_run_start(
                     coalesce(pg_catalog.clock_timestamp() - late_at >= $2::interval, true) \
              FROM synapse_compress.control",
             None,
-            &[
-                tables.sql("@s.state_groups").into(),
-                LATE_SETTLE.into(),
-            ],
+            &[tables.sql("@s.state_groups").into(), LATE_SETTLE.into()],
         )
         .map_err(spi)?;
     let row = table.first();
