@@ -32,6 +32,7 @@
 //!   gives a transaction no transaction id, so one that took an id and had not
 //!   inserted yet is in no snapshot. Synapse inserts the group right after taking
 //!   its id, in the same transaction; ten minutes covers any stall between the two.
+//!
 //! The recorded start is kept until it settles, then the current start replaces it.
 //! Ids cached by a sequence with `CACHE` > 1 are not covered (Synapse's has 1).
 //! Tracking starts at the first run: ids up to its newest group count as settled.
