@@ -83,7 +83,7 @@ measure() {
     if [ "$caller" = room ]; then
         run="SELECT written, state_groups, rows_before, rows_after, elapsed_ms, '' FROM compress_room(:'room');"
     else
-        run="CALL synapse_compress.compress_database();
+        run="CALL compress_database();
 SELECT coalesce(q.rows_saved > 0, false), r.groups, r.rows_before, r.rows_after,
        (extract(epoch FROM r.finished_at - r.started_at) * 1000)::bigint, coalesce(q.last_error, '')
 FROM synapse_compress.runs r, synapse_compress.room_queue q
@@ -110,7 +110,12 @@ SQL
     # compress_database records a room's failure instead of raising it.
     if [ "$RC" = 0 ] && [ "$caller" = database ]; then
         local err; err=$(tail -n 1 "$WORK/out" | cut -d'|' -f6)
-        if [ -n "$err" ]; then RC=3; echo "ERROR:  $err" >>"$WORK/err"; fi
+        # Recorded as "message (SQLSTATE XXXXX, N attempts)": written back in psql's
+        # verbose form ("ERROR:  XXXXX: message") for the checks below.
+        if [ -n "$err" ]; then
+            local state; state=$(sed -n 's/.*(SQLSTATE \([0-9A-Z]\{5\}\),.*/\1/p' <<<"$err")
+            RC=3; echo "ERROR:  ${state:-XXXXX}: $err" >>"$WORK/err"
+        fi
     fi
 }
 
