@@ -9,7 +9,7 @@ use pgrx::{PgSqlErrorCode, PgTryBuilder};
 use synapse_compress_core::engine::{self, NotWritten, Options, Summary};
 use synapse_compress_core::{Error, LevelSpec};
 
-use crate::errors::{self, raise, report, required};
+use crate::errors::{self, or_default, raise, report, required};
 use crate::owner::{Access, StateTables};
 use crate::spi::store::SpiStore;
 use crate::spi::subxact::{self, SubTransaction};
@@ -45,9 +45,9 @@ fn compress_room(
     ),
 > {
     let room = required(room_id, "room_id");
-    let levels = LevelSpec::parse(required(levels, "levels")).unwrap_or_else(|e| raise(e));
-    let dry_run = required(dry_run, "dry_run");
-    let min_saved_rows = required(min_saved_rows, "min_saved_rows");
+    let levels = LevelSpec::parse(or_default(levels, "levels")).unwrap_or_else(|e| raise(e));
+    let dry_run = or_default(dry_run, "dry_run");
+    let min_saved_rows = or_default(min_saved_rows, "min_saved_rows");
     let opts = room_options(room, levels, dry_run, after_group, max_groups);
     if min_saved_rows < 0 {
         raise(Error::InvalidArgument {

@@ -137,10 +137,25 @@ fn retry_hint(code: PgSqlErrorCode) -> Option<&'static str> {
 pub fn required<T>(value: Option<T>, name: &str) -> T {
     match value {
         Some(v) => v,
-        None => report(
-            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
-            format!("{name} must not be NULL"),
+        None => null_argument(name, format!("Pass a value for {name}.")),
+    }
+}
+
+/// `required` for an argument with a default: the hint says it may be left out.
+pub fn or_default<T>(value: Option<T>, name: &str) -> T {
+    match value {
+        Some(v) => v,
+        None => null_argument(
+            name,
             format!("Pass a value for {name}, or leave it out to use its default."),
         ),
     }
+}
+
+fn null_argument(name: &str, hint: String) -> ! {
+    report(
+        PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+        format!("{name} must not be NULL"),
+        hint,
+    )
 }

@@ -9,7 +9,7 @@ use synapse_compress_core::engine::{self, GroupPlan, Summary};
 use synapse_compress_core::{Error, LevelSpec};
 
 use crate::api::room_options;
-use crate::errors::{clean, raise, required};
+use crate::errors::{clean, or_default, raise, required};
 use crate::gucs;
 use crate::owner::{Access, StateTables};
 use crate::spi::store::SpiStore;
@@ -27,8 +27,8 @@ fn plan(
         None => gucs::text(&gucs::LEVELS),
     };
     let levels = LevelSpec::parse(&levels_text).unwrap_or_else(|e| raise(e));
-    let after_group = required(after_group, "after_group");
-    let max_groups = required(max_groups, "max_groups");
+    let after_group = or_default(after_group, "after_group");
+    let max_groups = or_default(max_groups, "max_groups");
     let opts = room_options(room, levels, true, Some(after_group), Some(max_groups));
     let (summary, plans) = clean(|| {
         Spi::connect_mut(|client| {
