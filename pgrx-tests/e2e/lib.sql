@@ -1,28 +1,43 @@
 -- Test helpers, loaded into each end-to-end test database (schema sc_test).
--- They read state exactly as Synapse does: recursive walk of state_group_edges,
--- then per (type, state_key) the row of the highest state_group wins.
+-- They read state exactly as Synapse does (sc_test.resolved): recursive walk of
+-- state_group_edges, then per (type, state_key) the row of the highest state_group wins.
 CREATE SCHEMA sc_test;
 
--- Resolved state of every group, as a fingerprint (count + md5 of sorted rows).
-CREATE FUNCTION sc_test.fingerprints() RETURNS TABLE (state_group bigint, n bigint, digest text)
-LANGUAGE sql AS $$
+-- The tests' one form of Synapse's read rule (the engine's is the other): the resolved
+-- state of the groups IDS (every group when NULL), one row per (group, type, state_key).
+CREATE FUNCTION sc_test.resolved(ids bigint[] DEFAULT NULL)
+RETURNS TABLE (state_group bigint, type text, state_key text, event_id text)
+LANGUAGE sql STABLE AS $$
   -- UNION (not Synapse's UNION ALL): the same reachable set on sound data, and it
   -- terminates on corrupt data (cycles, several predecessors) where Synapse's would not.
   WITH RECURSIVE sgs(state_group, root) AS (
-      SELECT id, id FROM state_groups
+      SELECT u, u FROM unnest(ids) u
+    UNION ALL
+      SELECT id, id FROM state_groups WHERE ids IS NULL
     UNION
       SELECT e.prev_state_group, s.root
       FROM state_group_edges e JOIN sgs s ON e.state_group = s.state_group
-  ), resolved AS (
-    SELECT DISTINCT ON (s.root, ss.type, ss.state_key) s.root, ss.type, ss.state_key, ss.event_id
-    FROM sgs s JOIN state_groups_state ss ON ss.state_group = s.state_group
-    -- event_id breaks ties only for ambiguous groups (one key, two events), where
-    -- Synapse's own pick is arbitrary; it keeps the fingerprint deterministic.
-    ORDER BY s.root, ss.type, ss.state_key, ss.state_group DESC, ss.event_id
   )
-  SELECT root, count(*), md5(string_agg(type || E'\x1f' || state_key || E'\x1f' || event_id, E'\x1e'
-                                        ORDER BY type, state_key))
-  FROM resolved GROUP BY root
+  SELECT DISTINCT ON (s.root, ss.type, ss.state_key) s.root, ss.type, ss.state_key, ss.event_id
+  FROM sgs s JOIN state_groups_state ss ON ss.state_group = s.state_group
+  -- event_id breaks ties only for ambiguous groups (one key, two events), where
+  -- Synapse's own pick is arbitrary; it keeps the result deterministic.
+  ORDER BY s.root, ss.type, ss.state_key, ss.state_group DESC, ss.event_id
+$$;
+
+-- One group's resolved state.
+CREATE FUNCTION sc_test.resolve(sg bigint)
+RETURNS TABLE (type text, state_key text, event_id text) LANGUAGE sql STABLE AS $$
+  SELECT r.type, r.state_key, r.event_id FROM sc_test.resolved(ARRAY[sg]) r
+$$;
+
+-- Resolved state of the groups IDS (every group when NULL), as a fingerprint (count +
+-- md5 of sorted rows).
+CREATE FUNCTION sc_test.fingerprints(ids bigint[] DEFAULT NULL)
+RETURNS TABLE (state_group bigint, n bigint, digest text) LANGUAGE sql STABLE AS $$
+  SELECT r.state_group, count(*), md5(string_agg(r.type || E'\x1f' || r.state_key || E'\x1f' || r.event_id,
+                                                 E'\x1e' ORDER BY r.type, r.state_key))
+  FROM sc_test.resolved(ids) r GROUP BY r.state_group
 $$;
 
 -- A digest of the raw tables: equal digests mean nothing was written.

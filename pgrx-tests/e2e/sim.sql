@@ -114,16 +114,7 @@ CREATE TABLE sc_sim.compress_log (
 -- event_id only breaks ties inside one group (ambiguous data), for determinism.
 CREATE FUNCTION sc_sim.resolve(sg bigint)
 RETURNS TABLE (type text, state_key text, event_id text) LANGUAGE sql STABLE AS $$
-  WITH RECURSIVE sgs(state_group, hops) AS (
-      VALUES (sg, 0)
-    UNION ALL
-      SELECT e.prev_state_group, s.hops + 1 FROM state_group_edges e, sgs s
-      WHERE s.state_group = e.state_group AND s.hops < 100000
-  )
-  SELECT DISTINCT ON (ss.type, ss.state_key) ss.type, ss.state_key, ss.event_id
-  FROM state_groups_state ss
-  WHERE ss.state_group IN (SELECT state_group FROM sgs)
-  ORDER BY ss.type, ss.state_key, ss.state_group DESC, ss.event_id
+  SELECT * FROM sc_test.resolve(sg)
 $$;
 
 -- A state's fingerprint, in sc_test.fingerprints()'s format.
@@ -831,19 +822,7 @@ END $$;
 -- sc_test.fingerprints() for the given groups only (the same query, other roots).
 CREATE FUNCTION sc_sim.fingerprints_of(ids bigint[])
 RETURNS TABLE (state_group bigint, n bigint, digest text) LANGUAGE sql AS $$
-  WITH RECURSIVE sgs(state_group, root) AS (
-      SELECT id, id FROM state_groups WHERE id = ANY (ids)
-    UNION
-      SELECT e.prev_state_group, s.root
-      FROM state_group_edges e JOIN sgs s ON e.state_group = s.state_group
-  ), resolved AS (
-    SELECT DISTINCT ON (s.root, ss.type, ss.state_key) s.root, ss.type, ss.state_key, ss.event_id
-    FROM sgs s JOIN state_groups_state ss ON ss.state_group = s.state_group
-    ORDER BY s.root, ss.type, ss.state_key, ss.state_group DESC, ss.event_id
-  )
-  SELECT root, count(*), md5(string_agg(type || E'\x1f' || state_key || E'\x1f' || event_id, E'\x1e'
-                                        ORDER BY type, state_key))
-  FROM resolved GROUP BY root
+  SELECT * FROM sc_test.fingerprints(ids)
 $$;
 
 -- Every group's state at the end of the last check (sc_test.fingerprints() then).

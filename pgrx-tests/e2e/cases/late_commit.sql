@@ -36,13 +36,7 @@ INSERT INTO state_groups_state (state_group, room_id, type, state_key, event_id)
 -- The late group is a full snapshot of the newest group's state (as Synapse writes
 -- one every 100 groups): the compressor makes it a delta.
 CREATE TABLE sc_test.late_state AS
-  WITH RECURSIVE sgs(state_group) AS (
-      VALUES (:head::bigint)
-    UNION ALL
-      SELECT e.prev_state_group FROM state_group_edges e, sgs s WHERE s.state_group = e.state_group)
-  SELECT DISTINCT ON (ss.type, ss.state_key) ss.type, ss.state_key, ss.event_id
-  FROM state_groups_state ss WHERE ss.state_group IN (SELECT state_group FROM sgs)
-  ORDER BY ss.type, ss.state_key, ss.state_group DESC, ss.event_id;
+  SELECT * FROM sc_test.resolve(:head);
 SELECT dblink_exec('late', format(
   'INSERT INTO state_groups (id, room_id, event_id) VALUES (%s, %L, %L); '
   'INSERT INTO state_groups_state (state_group, room_id, type, state_key, event_id) '
@@ -95,13 +89,7 @@ SELECT sc_test.check(:late2 = ANY (late_gaps) AND late_floor < :late2,
                      'an id taken without an insert is still tracked two run starts later')
   FROM synapse_compress.control;
 CREATE TABLE sc_test.late_state2 AS
-  WITH RECURSIVE sgs(state_group) AS (
-      VALUES (:head2::bigint)
-    UNION ALL
-      SELECT e.prev_state_group FROM state_group_edges e, sgs s WHERE s.state_group = e.state_group)
-  SELECT DISTINCT ON (ss.type, ss.state_key) ss.type, ss.state_key, ss.event_id
-  FROM state_groups_state ss WHERE ss.state_group IN (SELECT state_group FROM sgs)
-  ORDER BY ss.type, ss.state_key, ss.state_group DESC, ss.event_id;
+  SELECT * FROM sc_test.resolve(:head2);
 SELECT dblink_exec('late2', format(
   'INSERT INTO state_groups (id, room_id, event_id) VALUES (%s, %L, %L); '
   'INSERT INTO state_groups_state (state_group, room_id, type, state_key, event_id) '

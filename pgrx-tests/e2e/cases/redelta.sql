@@ -13,19 +13,6 @@
 -- data: --preset manyrooms --scale 0.01 --seed 62 --first-id 500000
 SET synapse_compress.chunk_pause = 0;
 
--- Synapse's read query for one group (walk the edges, highest group wins).
-CREATE FUNCTION sc_test.resolve(sg bigint)
-RETURNS TABLE (type text, state_key text, event_id text) LANGUAGE sql STABLE AS $$
-  WITH RECURSIVE sgs(state_group) AS (
-      VALUES (sg)
-    UNION ALL
-      SELECT e.prev_state_group FROM state_group_edges e, sgs s WHERE s.state_group = e.state_group
-  )
-  SELECT DISTINCT ON (ss.type, ss.state_key) ss.type, ss.state_key, ss.event_id
-  FROM state_groups_state ss
-  WHERE ss.state_group IN (SELECT state_group FROM sgs)
-  ORDER BY ss.type, ss.state_key, ss.state_group DESC, ss.event_id
-$$;
 -- Turn the groups of sc_test.dedelta_these into full snapshots (Synapse's de-delta),
 -- delete those of sc_test.delete_these, in one transaction (as Synapse's loop).
 CREATE TABLE sc_test.dedelta_these (sg bigint PRIMARY KEY);
