@@ -31,7 +31,7 @@ COMMENT ON FUNCTION plan_room_json(text, text, bigint, bigint) IS
 -- superusers and roles an admin grants it to (see the README for the worker's role).
 REVOKE EXECUTE ON PROCEDURE compress_database(interval, integer) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION synapse_compress.begin_run(text) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION synapse_compress.run_chunk(bigint) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION synapse_compress.run_step(bigint, interval, integer, interval, integer) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION synapse_compress.end_run(bigint, text, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION synapse_compress.wake_workers() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION synapse_compress.pause() FROM PUBLIC;
@@ -58,8 +58,8 @@ COMMENT ON FUNCTION synapse_compress.wake_workers() IS
 'Set the latch of every running synapse_compress worker; returns how many were woken. Used by run_now() and resume().';
 COMMENT ON FUNCTION synapse_compress.begin_run(text) IS
 'Internal (CALL compress_database() uses it): start a run: close dead runs, prune history, count new groups per room.';
-COMMENT ON FUNCTION synapse_compress.run_chunk(bigint) IS
-'Internal (CALL compress_database() uses it): compress the next chunk of a run; outcome no_work ends the run.';
+COMMENT ON FUNCTION synapse_compress.run_step(bigint, interval, integer, interval, integer) IS
+'Internal (CALL compress_database() uses it; the worker runs the same code): one step of a run: the run policy at this chunk boundary, then the next chunk. run_end says how the run ends (NULL: go on after pause_ms).';
 COMMENT ON FUNCTION synapse_compress.end_run(bigint, text, text) IS
 'Internal (CALL compress_database() uses it): record how a run ended.';
 COMMENT ON FUNCTION synapse_compress.pause() IS

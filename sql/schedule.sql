@@ -345,8 +345,7 @@ DECLARE
     r record;
     started timestamptz := pg_catalog.clock_timestamp();
     chunks integer := 0;
-    outcome text := 'done';
-    pause_ms integer;
+    outcome text;
 BEGIN
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     IF max_chunks IS NOT NULL AND max_chunks < 1 THEN
@@ -360,27 +359,23 @@ BEGIN
     run := synapse_compress.begin_run('procedure');
     COMMIT;
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    -- run_step applies the run policy (the same as the worker's) and runs one chunk.
     LOOP
-        IF max_chunks IS NOT NULL AND chunks >= max_chunks
-           OR time_budget IS NOT NULL AND clock_timestamp() - started >= time_budget THEN
-            outcome := 'budget';
-            EXIT;
-        END IF;
-        r := synapse_compress.run_chunk(run);
+        r := synapse_compress.run_step(run, pg_catalog.clock_timestamp() - started, chunks,
+                                       time_budget, max_chunks);
         COMMIT;
         PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-        EXIT WHEN r.outcome = 'no_work';
+        EXIT WHEN r.run_end IS NOT NULL;
         chunks := chunks + 1;
         IF r.outcome = 'failed' THEN
             RAISE NOTICE 'compress_database: room % skipped: %', r.room_id, r.message;
         END IF;
-        SELECT s.setting::integer INTO pause_ms FROM pg_catalog.pg_settings s
-         WHERE s.name = 'synapse_compress.chunk_pause';
-        IF coalesce(pause_ms, 0) > 0 THEN
-            PERFORM pg_sleep(pause_ms / 1000.0);
+        IF r.pause_ms > 0 THEN
+            PERFORM pg_catalog.pg_sleep(r.pause_ms / 1000.0);
         END IF;
     END LOOP;
-    PERFORM synapse_compress.end_run(run, outcome, NULL);
+    outcome := r.run_end;
+    PERFORM synapse_compress.end_run(run, outcome, r.message);
     COMMIT;
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     SELECT * INTO r FROM synapse_compress.runs WHERE run_id = run;

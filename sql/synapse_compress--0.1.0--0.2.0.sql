@@ -67,7 +67,8 @@ UPDATE synapse_compress.control SET state_schema = coalesce(
 -- Every function pins its search_path.
 ALTER FUNCTION compress_room(text, text, boolean, bigint, bigint, bigint) SET search_path TO pg_catalog, pg_temp;
 ALTER FUNCTION synapse_compress.begin_run(text) SET search_path TO pg_catalog, pg_temp;
-ALTER FUNCTION synapse_compress.run_chunk(bigint) SET search_path TO pg_catalog, pg_temp;
+-- run_chunk became run_step (the run policy at each chunk boundary, then the chunk).
+DROP FUNCTION synapse_compress.run_chunk(bigint);
 ALTER FUNCTION synapse_compress.end_run(bigint, text, text) SET search_path TO pg_catalog, pg_temp;
 ALTER FUNCTION synapse_compress.wake_workers() SET search_path TO pg_catalog, pg_temp;
 ALTER FUNCTION synapse_compress.worker_registered() SET search_path TO pg_catalog, pg_temp;
@@ -189,6 +190,30 @@ BEGIN
     UPDATE synapse_compress.control SET state_schema = schema_name;
 END $$;
 
+CREATE FUNCTION synapse_compress."run_step"(
+    "run_id" bigint,
+    "elapsed" interval DEFAULT '0',
+    "chunks" INT DEFAULT 0,
+    "time_budget" interval DEFAULT NULL,
+    "max_chunks" INT DEFAULT NULL
+) RETURNS TABLE (
+    "outcome" TEXT,
+    "room_id" TEXT,
+    "groups" bigint,
+    "groups_changed" bigint,
+    "rows_before" bigint,
+    "rows_after" bigint,
+    "message" TEXT,
+    "run_end" TEXT,
+    "pause_ms" INT
+)
+VOLATILE PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c AS 'MODULE_PATHNAME', 'run_step_wrapper';
+REVOKE EXECUTE ON FUNCTION synapse_compress.run_step(bigint, interval, integer, interval, integer) FROM PUBLIC;
+COMMENT ON FUNCTION synapse_compress.run_step(bigint, interval, integer, interval, integer) IS
+'Internal (CALL compress_database() uses it; the worker runs the same code): one step of a run: the run policy at this chunk boundary, then the next chunk. run_end says how the run ends (NULL: go on after pause_ms).';
+
 -- One scheduled run in the foreground, committing after every chunk: for servers that
 -- cannot preload the library, or to compress now under the admin's eye.
 -- A procedure with SET clauses may not COMMIT, so the search_path is pinned for each
@@ -202,8 +227,7 @@ DECLARE
     r record;
     started timestamptz := pg_catalog.clock_timestamp();
     chunks integer := 0;
-    outcome text := 'done';
-    pause_ms integer;
+    outcome text;
 BEGIN
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     IF max_chunks IS NOT NULL AND max_chunks < 1 THEN
@@ -217,27 +241,23 @@ BEGIN
     run := synapse_compress.begin_run('procedure');
     COMMIT;
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    -- run_step applies the run policy (the same as the worker's) and runs one chunk.
     LOOP
-        IF max_chunks IS NOT NULL AND chunks >= max_chunks
-           OR time_budget IS NOT NULL AND clock_timestamp() - started >= time_budget THEN
-            outcome := 'budget';
-            EXIT;
-        END IF;
-        r := synapse_compress.run_chunk(run);
+        r := synapse_compress.run_step(run, pg_catalog.clock_timestamp() - started, chunks,
+                                       time_budget, max_chunks);
         COMMIT;
         PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-        EXIT WHEN r.outcome = 'no_work';
+        EXIT WHEN r.run_end IS NOT NULL;
         chunks := chunks + 1;
         IF r.outcome = 'failed' THEN
             RAISE NOTICE 'compress_database: room % skipped: %', r.room_id, r.message;
         END IF;
-        SELECT s.setting::integer INTO pause_ms FROM pg_catalog.pg_settings s
-         WHERE s.name = 'synapse_compress.chunk_pause';
-        IF coalesce(pause_ms, 0) > 0 THEN
-            PERFORM pg_sleep(pause_ms / 1000.0);
+        IF r.pause_ms > 0 THEN
+            PERFORM pg_catalog.pg_sleep(r.pause_ms / 1000.0);
         END IF;
     END LOOP;
-    PERFORM synapse_compress.end_run(run, outcome, NULL);
+    outcome := r.run_end;
+    PERFORM synapse_compress.end_run(run, outcome, r.message);
     COMMIT;
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     SELECT * INTO r FROM synapse_compress.runs WHERE run_id = run;

@@ -1,5 +1,5 @@
 //! SQL functions of the `synapse_compress` schema written in Rust: the plumbing of
-//! scheduled runs (`begin_run`, `run_chunk`, `end_run`, used by `CALL
+//! scheduled runs (`begin_run`, `run_step`, `end_run`, used by `CALL
 //! compress_database()`), the worker's latch, and what reads or changes Synapse's
 //! tables for the views and admins (`room_state_groups`, `room_progress`, `reset_room`),
 //! which must run as the tables' owner. The rest (`pause`, `resume`, `run_now`,
@@ -15,9 +15,10 @@ pub mod synapse_compress {
     use pgrx::prelude::*;
     use pgrx::PgSqlErrorCode;
 
-    use crate::errors::{clean, raise, required};
-    use crate::schedule::{self, Source};
+    use crate::errors::{clean, raise, report, required};
+    use crate::schedule::{self, Next, Source};
     use crate::worker;
+    use synapse_compress_core::schedule::{Budget, Outcome, RunEnd};
 
     /// Whether this server registered the background worker (library preloaded and
     /// `synapse_compress.workers` > 0).
@@ -60,36 +61,87 @@ pub mod synapse_compress {
             .unwrap_or_else(|e| raise(e))
     }
 
-    /// Compress the next chunk of a run (internal: used by compress_database).
+    /// One step of a run (internal: used by compress_database): the run policy at this
+    /// chunk boundary, then the next chunk. `run_end` is how the run ends (NULL: go on,
+    /// after `pause_ms`); `outcome` is the chunk's (NULL when none ran).
     #[allow(clippy::type_complexity)]
     #[pg_extern(volatile, parallel_unsafe)]
     #[search_path(pg_catalog, pg_temp)]
-    fn run_chunk(
+    fn run_step(
         run_id: Option<i64>,
+        elapsed: default!(Option<Interval>, "'0'"),
+        chunks: default!(Option<i32>, 0),
+        time_budget: default!(Option<Interval>, "NULL"),
+        max_chunks: default!(Option<i32>, "NULL"),
     ) -> TableIterator<
         'static,
         (
-            name!(outcome, String),
+            name!(outcome, Option<String>),
             name!(room_id, Option<String>),
             name!(groups, i64),
             name!(groups_changed, i64),
             name!(rows_before, i64),
             name!(rows_after, i64),
             name!(message, Option<String>),
+            name!(run_end, Option<String>),
+            name!(pause_ms, i32),
         ),
     > {
         let run = required(run_id, "run_id");
-        let s = clean(|| Spi::connect_mut(|client| schedule::run_chunk(client, run)))
-            .unwrap_or_else(|e| raise(e));
-        TableIterator::once((
-            s.outcome.as_str().to_string(),
-            s.room_id,
-            s.groups,
-            s.groups_changed,
-            s.rows_before,
-            s.rows_after,
-            s.message,
-        ))
+        let elapsed = duration(elapsed, "elapsed").unwrap_or_default();
+        let chunks = u64::try_from(required(chunks, "chunks")).unwrap_or_else(|_| {
+            report(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                "chunks must not be negative".into(),
+                "Pass how many chunks the run has done.".into(),
+            )
+        });
+        let budget = Budget {
+            time: duration(time_budget, "time_budget"),
+            chunks: max_chunks.map(|c| c.max(0) as u64),
+        };
+        let next = clean(|| {
+            Spi::connect_mut(|client| schedule::step(client, run, budget, elapsed, chunks, false))
+        })
+        .unwrap_or_else(|e| raise(e));
+        let pause_ms = crate::gucs::CHUNK_PAUSE.get();
+        TableIterator::once(match next {
+            Next::Chunk(s) => (
+                Some(s.outcome.as_str().to_string()),
+                s.room_id,
+                s.groups,
+                s.groups_changed,
+                s.rows_before,
+                s.rows_after,
+                s.message,
+                None,
+                pause_ms,
+            ),
+            Next::End { end, message } => (
+                (end == RunEnd::Done).then(|| Outcome::NoWork.as_str().to_string()),
+                None,
+                0,
+                0,
+                0,
+                0,
+                message,
+                Some(end.as_str().to_string()),
+                pause_ms,
+            ),
+        })
+    }
+
+    /// A non-negative interval as a duration.
+    fn duration(value: Option<Interval>, name: &str) -> Option<std::time::Duration> {
+        value.map(|v| {
+            std::time::Duration::try_from(v).unwrap_or_else(|_| {
+                report(
+                    PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                    format!("{name} must not be negative"),
+                    "Pass a positive interval, or NULL for no limit.".into(),
+                )
+            })
+        })
     }
 
     /// Finish a run (internal: used by compress_database).

@@ -1,7 +1,8 @@
 //! Scheduled compression: one run walks the rooms with the most to gain, one chunk per
 //! transaction. The background worker and `CALL compress_database()` both drive it
-//! (`begin_run`, then `run_chunk` until it reports no work, then `end_run`), and every
-//! chunk goes through the core's one rewrite path (`incremental::compress_chunk`).
+//! (`begin_run`, then `step` until it says how the run ends, then `end_run`): `step`
+//! applies the one run policy (`Source::run_end_before_chunk`) and runs the next chunk
+//! through the core's one rewrite path (`incremental::compress_chunk`).
 //!
 //! A chunk's rewrite, the room's saved levels and progress, and the run's counters
 //! commit together, so a crash neither loses nor repeats work. A room that fails is
@@ -9,14 +10,14 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use pgrx::datum::DatumWithOid;
 use pgrx::spi::SpiClient;
 use pgrx::{pg_sys, FromDatum, IntoDatum};
 use synapse_compress_core::hash::FxHashSet;
 use synapse_compress_core::incremental::{self, ChunkLimits, ChunkOutcome, ChunkResult, Progress};
-use synapse_compress_core::schedule::{self as policy, Outcome, RunEnd};
+use synapse_compress_core::schedule::{self as policy, Boundary, Budget, Outcome, RunEnd};
 use synapse_compress_core::{Error, GroupId, LevelSpec, Levels, Result};
 
 use crate::owner::{Access, StateTables};
@@ -24,33 +25,9 @@ use crate::spi::guard;
 use crate::spi::store::{free_result, spi, SpiStore};
 use crate::{errors, gucs, progress, revisit};
 
-/// Who drives a run (recorded in `synapse_compress.runs`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Source {
-    Worker,
-    Procedure,
-}
+pub use synapse_compress_core::schedule::Source;
 
-impl Source {
-    pub fn parse(text: &str) -> Result<Source> {
-        match text {
-            "worker" => Ok(Source::Worker),
-            "procedure" => Ok(Source::Procedure),
-            other => Err(Error::InvalidArgument {
-                name: "source",
-                reason: format!("{other:?} is neither 'worker' nor 'procedure'"),
-            }),
-        }
-    }
-    fn as_str(self) -> &'static str {
-        match self {
-            Source::Worker => "worker",
-            Source::Procedure => "procedure",
-        }
-    }
-}
-
-/// What one call of `run_chunk` did.
+/// What one chunk of a run did.
 #[derive(Clone, Debug)]
 pub struct Step {
     /// What the step did; `failed` is recorded on the room, `no_work` ends the run.
@@ -364,9 +341,83 @@ thread_local! {
     static TANGLED: RefCell<Option<Tangled>> = const { RefCell::new(None) };
 }
 
-/// Compress the next chunk of the run; `Outcome::NoWork` ends the run.
-pub fn run_chunk(client: &mut SpiClient<'_>, run: i64) -> Result<Step> {
+/// What a run's driver does after a step.
+pub enum Next {
+    /// A chunk ran (or failed and was recorded on its room): go on.
+    Chunk(Step),
+    /// End the run with `end_run(run, end, message)`.
+    End {
+        end: RunEnd,
+        message: Option<String>,
+    },
+}
+
+/// Whether `synapse_compress.window` is open at `minute` of the day (closed when either
+/// is unknown: better no run than one in busy hours).
+pub fn window_open(minute: Option<u32>) -> bool {
+    match gucs::window() {
+        Some(w) if w.is_always() => true,
+        Some(w) => minute.is_some_and(|m| w.contains(m)),
+        None => false,
+    }
+}
+
+/// One step of a run, the same for both drivers: the run policy at this chunk
+/// boundary (`Source::run_end_before_chunk`), then the next chunk. The driver owns
+/// the transaction around it, counts the chunks and sleeps `chunk_pause` between them.
+pub fn step(
+    client: &mut SpiClient<'_>,
+    run: i64,
+    budget: Budget,
+    elapsed: Duration,
+    chunks: u64,
+    stop_requested: bool,
+) -> Result<Next> {
     let row = load_run(client, run)?;
+    let table = client
+        .select(
+            "SELECT paused, (extract(hour FROM localtime) * 60 + extract(minute FROM localtime))::int \
+             FROM synapse_compress.control",
+            None,
+            &[],
+        )
+        .map_err(spi)?;
+    let (paused, minute) = if table.is_empty() {
+        (None, None)
+    } else {
+        table.first().get_two::<bool, i32>().map_err(spi)?
+    };
+    free_result();
+    let at = Boundary {
+        elapsed,
+        chunks,
+        stop_requested,
+        enabled: gucs::ENABLED.get(),
+        paused: paused.unwrap_or(false),
+        window_open: window_open(minute.and_then(|m| u32::try_from(m).ok())),
+    };
+    if let Some(end) = row.source.run_end_before_chunk(&budget, &at) {
+        let message = (end == RunEnd::Window).then(|| {
+            format!(
+                "synapse_compress.window {} closed",
+                gucs::text(&gucs::WINDOW)
+            )
+        });
+        return Ok(Next::End { end, message });
+    }
+    let step = run_chunk(client, run, row)?;
+    Ok(if step.outcome.ends_run() {
+        Next::End {
+            end: RunEnd::Done,
+            message: None,
+        }
+    } else {
+        Next::Chunk(step)
+    })
+}
+
+/// Compress the next chunk of the run; `Outcome::NoWork`: no room has work left.
+fn run_chunk(client: &mut SpiClient<'_>, run: i64, row: RunRow) -> Result<Step> {
     let default = default_levels()?;
     let Some(room) = pick_room(client, row.current_room.as_deref())? else {
         return Ok(Step::new(Outcome::NoWork, None));

@@ -19,7 +19,7 @@ use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
 use crate::gucs;
-use crate::schedule::{self, Source};
+use crate::schedule::{self, Next, Source};
 use synapse_compress_core::schedule::{Budget, RunEnd};
 
 /// Set in the postmaster when it preloads us (and inherited by every backend).
@@ -92,13 +92,9 @@ struct Control {
 }
 
 impl Control {
-    /// Whether `synapse_compress.window` is open now (closed when unknown).
+    /// Whether `synapse_compress.window` is open now.
     fn in_window(&self) -> bool {
-        match gucs::window() {
-            Some(w) if w.is_always() => true,
-            Some(w) => self.minute.is_some_and(|m| w.contains(m)),
-            None => false,
-        }
+        schedule::window_open(self.minute)
     }
 }
 
@@ -249,7 +245,8 @@ fn set_idle_with(text: &str) {
 }
 
 /// One scheduled run, until no work is left, the budget is spent, or it is paused,
-/// disabled, stopped or out of its window (each checked at a chunk boundary).
+/// disabled, stopped or out of its window: `schedule::step` decides at each chunk
+/// boundary, as for `compress_database`.
 fn run(signals: &mut Signals) {
     let run_id = BackgroundWorker::transaction(|| {
         Spi::connect_mut(|c| schedule::begin_run(c, Source::Worker))
@@ -257,51 +254,27 @@ fn run(signals: &mut Signals) {
     });
     let started = Instant::now();
     let mut chunks: u64 = 0;
-    let outcome = loop {
+    let (outcome, message) = loop {
         signals.poll();
-        if signals.stop {
-            break RunEnd::Stopped;
-        }
-        if !gucs::ENABLED.get() {
-            break RunEnd::Paused;
-        }
         let budget = Budget {
             time: (gucs::MAX_RUN_TIME.get() > 0)
                 .then(|| Duration::from_secs(gucs::MAX_RUN_TIME.get() as u64)),
             chunks: (gucs::MAX_RUN_CHUNKS.get() > 0).then(|| gucs::MAX_RUN_CHUNKS.get() as u64),
         };
-        if budget.exhausted(started.elapsed(), chunks) {
-            break RunEnd::Budget;
-        }
-        let step = BackgroundWorker::transaction(AssertUnwindSafe(|| {
-            Spi::connect_mut(|c| {
-                let control = read_control(c).unwrap_or_default();
-                if control.paused {
-                    return Ok(Err(RunEnd::Paused));
-                }
-                if !control.in_window() {
-                    return Ok(Err(RunEnd::Window));
-                }
-                schedule::run_chunk(c, run_id).map(Ok)
-            })
-            .unwrap_or_else(|e| schedule::raise(e))
+        let (elapsed, stop) = (started.elapsed(), signals.stop);
+        let next = BackgroundWorker::transaction(AssertUnwindSafe(|| {
+            Spi::connect_mut(|c| schedule::step(c, run_id, budget, elapsed, chunks, stop))
+                .unwrap_or_else(|e| schedule::raise(e))
         }));
-        match step {
-            Err(end) => break end,
-            Ok(s) if s.outcome.ends_run() => break RunEnd::Done,
-            Ok(_) => chunks += 1,
+        match next {
+            Next::End { end, message } => break (end, message),
+            Next::Chunk(_) => chunks += 1,
         }
         let pause = Duration::from_millis(gucs::CHUNK_PAUSE.get() as u64);
         if !pause.is_zero() && !signals.sleep(pause) {
-            break RunEnd::Stopped;
+            break (RunEnd::Stopped, None);
         }
     };
-    let message = (outcome == RunEnd::Window).then(|| {
-        format!(
-            "synapse_compress.window {} closed",
-            gucs::text(&gucs::WINDOW)
-        )
-    });
     BackgroundWorker::transaction(|| {
         Spi::connect_mut(|c| schedule::end_run(c, run_id, outcome.as_str(), message.as_deref()))
             .unwrap_or_else(|e| schedule::raise(e))

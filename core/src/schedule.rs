@@ -4,24 +4,11 @@
 //! a run stops ([`Budget`], [`RunEnd`]), and the time of day the worker may work in
 //! ([`Window`], `synapse_compress.window`).
 //!
-//! The pgrx layer (`src/schedule.rs`, `src/worker.rs`) records these in
-//! `synapse_compress.runs` and `synapse_compress.room_queue`; it is meant to use this
-//! module instead of its own copies:
-//!
-//! - `run_chunk`: `Step::outcome` becomes an [`Outcome`] (SQL gets `outcome.as_str()`,
-//!   the worker tests `step.outcome == Outcome::NoWork` or `outcome.ends_run()`); after
-//!   `compress_chunk`, `Outcome::of_chunk(&r.outcome)` and
-//!   `room_done(&r.outcome, limits.chunk_size)` replace the `match` on the report and
-//!   `report.is_none_or(..)`; `limits.chunk_size` is `chunk_limit(row.chunk_size)`.
-//! - the failure branch: with the queue row's `error_count` before this failure (the
-//!   row is locked by `pick_room`'s `FOR UPDATE`), bind
-//!   `next_retry = now() + make_interval(secs => retry_delay(error_count).as_secs())`
-//!   instead of the `least(interval '1 minute' * power(2, ..), interval '1 day')`
-//!   expression.
-//! - `adapt_chunk_size(row.chunk_size, elapsed_ms, gucs::TARGET_CHUNK_TIME.get().into())`
-//!   replaces the private function of the same name.
-//! - `end_run` parses its `outcome` argument with [`RunEnd::parse`]; the worker's loop
-//!   breaks with a [`RunEnd`] and tests `Budget::exhausted`.
+//! The pgrx layer records these in `synapse_compress.runs` and
+//! `synapse_compress.room_queue`. Both drivers of a run, the background worker
+//! (`src/worker.rs`) and `CALL compress_database()` (`sql/schedule.sql`), ask
+//! [`Source::run_end_before_chunk`] at every chunk boundary, through one step function
+//! (`src/schedule.rs`: `step`); only their transactions and sleeps differ.
 
 use std::time::Duration;
 
@@ -29,7 +16,7 @@ use crate::engine::MAX_CHUNK_SIZE;
 use crate::error::{Error, Result};
 use crate::incremental::ChunkOutcome;
 
-/// What one scheduled step did (`synapse_compress.run_chunk`'s `outcome` column).
+/// What one chunk of a scheduled run did (`synapse_compress.run_step`'s `outcome` column).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Outcome {
     /// The chunk's rewrite was kept (or nothing in it needed rewriting).
@@ -155,6 +142,74 @@ fn parse_one<T: Copy>(
                 reason: format!("{text:?} is not one of {}", names.join(", ")),
             }
         })
+}
+
+/// Who drives a run (`synapse_compress.runs.source`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// The background worker: runs on its own, so it obeys every control.
+    Worker,
+    /// `CALL compress_database()`: an admin asked for this run now, so it ignores what
+    /// governs the worker (`synapse_compress.enabled`, `pause()`, the window) and stops
+    /// only on its own budget or when no work is left.
+    Procedure,
+}
+
+impl Source {
+    pub const ALL: [Source; 2] = [Source::Worker, Source::Procedure];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Worker => "worker",
+            Source::Procedure => "procedure",
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<Source> {
+        parse_one(&Source::ALL, Source::as_str, "source", text)
+    }
+
+    /// The run policy at a chunk boundary: how the run ends before its next chunk, or
+    /// `None` to go on. The one definition both drivers use.
+    pub fn run_end_before_chunk(self, budget: &Budget, at: &Boundary) -> Option<RunEnd> {
+        let worker = self == Source::Worker;
+        if at.stop_requested {
+            Some(RunEnd::Stopped)
+        } else if worker && !at.enabled {
+            Some(RunEnd::Paused)
+        } else if budget.exhausted(at.elapsed, at.chunks) {
+            Some(RunEnd::Budget)
+        } else if worker && at.paused {
+            Some(RunEnd::Paused)
+        } else if worker && !at.window_open {
+            Some(RunEnd::Window)
+        } else {
+            None
+        }
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a run's driver knows at a chunk boundary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Boundary {
+    /// Time since the run started.
+    pub elapsed: Duration,
+    /// Chunks done so far in this run (failed ones included).
+    pub chunks: u64,
+    /// The process must stop (SIGTERM to the worker).
+    pub stop_requested: bool,
+    /// `synapse_compress.enabled`.
+    pub enabled: bool,
+    /// `synapse_compress.pause()` is in effect.
+    pub paused: bool,
+    /// `synapse_compress.window` is open (closed when it cannot be read).
+    pub window_open: bool,
 }
 
 /// Whether the room is done after a chunk: no chunk was left, or the chunk was not
@@ -306,6 +361,90 @@ fn parse_time(text: &str, is_end: bool) -> std::result::Result<u32, String> {
 mod tests {
     use super::*;
     use crate::engine::ChunkReport;
+
+    fn boundary() -> Boundary {
+        Boundary {
+            elapsed: Duration::from_secs(10),
+            chunks: 3,
+            stop_requested: false,
+            enabled: true,
+            paused: false,
+            window_open: true,
+        }
+    }
+
+    #[test]
+    fn the_worker_obeys_every_control_and_the_procedure_only_its_budget() {
+        let none = Budget::default();
+        let tight = Budget {
+            time: Some(Duration::from_secs(10)),
+            chunks: None,
+        };
+        for source in Source::ALL {
+            assert_eq!(source.run_end_before_chunk(&none, &boundary()), None);
+            let stop = Boundary {
+                stop_requested: true,
+                ..boundary()
+            };
+            assert_eq!(
+                source.run_end_before_chunk(&none, &stop),
+                Some(RunEnd::Stopped)
+            );
+            assert_eq!(
+                source.run_end_before_chunk(&tight, &boundary()),
+                Some(RunEnd::Budget)
+            );
+            assert_eq!(Source::parse(source.as_str()).unwrap(), source);
+        }
+        let cases = [
+            (
+                Boundary {
+                    enabled: false,
+                    ..boundary()
+                },
+                RunEnd::Paused,
+            ),
+            (
+                Boundary {
+                    paused: true,
+                    ..boundary()
+                },
+                RunEnd::Paused,
+            ),
+            (
+                Boundary {
+                    window_open: false,
+                    ..boundary()
+                },
+                RunEnd::Window,
+            ),
+        ];
+        for (at, end) in cases {
+            assert_eq!(Source::Worker.run_end_before_chunk(&none, &at), Some(end));
+            assert_eq!(Source::Procedure.run_end_before_chunk(&none, &at), None);
+        }
+        // A stop outranks everything; disabled outranks the budget (as before a run).
+        let all = Boundary {
+            stop_requested: true,
+            enabled: false,
+            paused: true,
+            window_open: false,
+            ..boundary()
+        };
+        assert_eq!(
+            Source::Worker.run_end_before_chunk(&tight, &all),
+            Some(RunEnd::Stopped)
+        );
+        let off = Boundary {
+            enabled: false,
+            ..boundary()
+        };
+        assert_eq!(
+            Source::Worker.run_end_before_chunk(&tight, &off),
+            Some(RunEnd::Paused)
+        );
+        assert!(Source::parse("cron").is_err());
+    }
 
     #[test]
     fn outcomes_round_trip_their_sql_strings() {

@@ -59,7 +59,7 @@ CALL sc_test.assert_error($$CALL compress_database(max_chunks => 0)$$, '22023');
 CALL sc_test.assert_error($$CALL compress_database(time_budget => '-1 s')$$, '22023');
 CALL sc_test.assert_error($$SELECT synapse_compress.reset_room('!nope:hs')$$, '42704');
 CALL sc_test.assert_error($$SELECT synapse_compress.reset_room(NULL)$$, '22004');
-CALL sc_test.assert_error($$SELECT * FROM synapse_compress.run_chunk(999999)$$, '22023');
+CALL sc_test.assert_error($$SELECT * FROM synapse_compress.run_step(999999)$$, '22023');
 CALL sc_test.assert_error($$SELECT synapse_compress.begin_run('cron')$$, '22023');
 CALL sc_test.assert_error($$SELECT synapse_compress.end_run(1, 'bogus', NULL)$$, '22023');
 CALL sc_test.assert_error($$SELECT synapse_compress.end_run(NULL, 'done', NULL)$$, '22004');

@@ -18,8 +18,8 @@ SELECT sc_test.check(count(*) = 3 AND bool_and(total_bytes >= heap_bytes AND hea
 
 -- A run in progress, chunk by chunk: percent done is the groups done of done + pending.
 SELECT synapse_compress.begin_run('procedure') AS run \gset
-SELECT outcome FROM synapse_compress.run_chunk(:run);
-SELECT outcome FROM synapse_compress.run_chunk(:run);
+SELECT outcome FROM synapse_compress.run_step(:run);
+SELECT outcome FROM synapse_compress.run_step(:run);
 SELECT sc_test.check(s.current_run = :run AND s.run_percent_done > 0 AND s.run_percent_done < 100
                      AND s.run_percent_done = round(100.0 * r.groups / (r.groups + p.pending), 1)
                      AND s.run_eta >= now(), 'percent done and ETA of the current run')

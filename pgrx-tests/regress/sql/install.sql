@@ -13,11 +13,11 @@ SELECT * FROM compress_room('!x:hs');
 SELECT worker_registered, workers_running FROM synapse_compress.status;
 SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
  WHERE n.nspname IN ('public', 'synapse_compress')
-   AND p.proname IN ('compress_room', 'compress_database', 'run_chunk', 'reset_room',
+   AND p.proname IN ('compress_room', 'compress_database', 'run_step', 'reset_room',
                      'set_state_schema', 'begin_run', 'end_run')
    AND has_function_privilege('public', p.oid, 'EXECUTE')
  ORDER BY 1;
 SELECT count(*) > 0 AS rewriting_functions_exist FROM pg_proc
- WHERE proname IN ('compress_room', 'compress_database', 'run_chunk', 'reset_room');
+ WHERE proname IN ('compress_room', 'compress_database', 'run_step', 'reset_room');
 \c postgres
 DROP DATABASE sc_regress_bare;
