@@ -116,6 +116,14 @@ log "starting synapse (first start creates its schema)"
 start_synapse
 # Synapse has created its tables: now the extension and the test helpers.
 psql -X -q -v ON_ERROR_STOP=1 -d "$DB" -c "CREATE EXTENSION synapse_compress" -f pgrx-tests/e2e/lib.sql
+# Synapse's background updates of a new database finish before anything is sent (see
+# homeserver.yaml.in: one of them logs an ERROR when room state changes under it).
+for i in $(seq 240); do
+    [ "$(psql -X -At -d "$DB" -c "SELECT count(*) FROM background_updates")" = 0 ] && break
+    [ "$i" = 240 ] && die "Synapse's background updates did not finish within 120 s"
+    sleep 0.5
+done
+log "synapse's background updates done"
 
 status=0
 log "== populate"
