@@ -130,7 +130,7 @@ test-memory: install build
 	@$(call SAY_PG,memory)
 	MEMORY_ROOMS="$${MEMORY_ROOMS:-50000 200000}" $(WITH_PG) bash pgrx-tests/memory/run.sh
 
-# Against a real Synapse 1.163.2 (its venv: scripts/setup-synapse.sh); ~4 minutes.
+# Against a real Synapse 1.163.2 (its venv: scripts/setup-synapse.sh); ~5 minutes.
 test-synapse: install build
 	@$(call SAY_PG,synapse)
 	$(WITH_PG) bash pgrx-tests/synapse/run.sh

@@ -9,6 +9,9 @@ Phases, each a subcommand; they share a JSON file ($E2E_STATE):
             sending state and Synapse's purge-history deletes state groups
   verify    (c) after a restart of Synapse: the same resolved state for every
             surviving group, the same state and members through the client API
+  repurge   (d) purge a compressed room's history; Synapse's deletion loop de-deltas
+            the surviving children of the groups it deletes; the next
+            compress_database run brings the rows back down, every group's state kept
 
 Stdlib only. Talks to Synapse over HTTP (urllib) and to PostgreSQL through psql
 (PGHOST/PGPORT/PGUSER from the environment, database $E2E_DB).
@@ -42,6 +45,8 @@ SAMPLES_PER_ROOM = int(os.environ.get("E2E_SAMPLES_PER_ROOM", "12"))
 # Rooms whose history is purged during compression (the first N_PURGE rooms).
 N_PURGE = int(os.environ.get("E2E_PURGE_ROOMS", "2"))
 STRESS_MAX_S = float(os.environ.get("E2E_STRESS_MAX_S", "180"))
+# (d): how long Synapse's deletion loop (once a minute) may take to delete the marks.
+REPURGE_MAX_S = float(os.environ.get("E2E_REPURGE_MAX_S", "300"))
 # Synapse deletes groups marked pending deletion at least this long ago
 # (StateDeletionDataStore.DELAY_BEFORE_DELETION_MS); we backdate the marks past it.
 DELAY_BEFORE_DELETION_MS = 10 * 60 * 1000
@@ -392,6 +397,31 @@ class Writer(threading.Thread):
         return sum(d.n_sent for d in self.drivers)
 
 
+def purge_history(tok, room, point):
+    """Purges `room`'s history before the event `point` through the admin API (Synapse
+    marks the groups only purged events used in state_groups_pending_deletion), then
+    moves those marks' insertion_ts back past DELAY_BEFORE_DELETION_MS, so Synapse's
+    deletion loop takes them on its next run. Returns the marked groups."""
+    r = http("POST", f"/_synapse/admin/v1/purge_history/{q(room)}",
+             {"delete_local_events": True, "purge_up_to_event_id": point}, tok)
+    while True:
+        status = http("GET", f"/_synapse/admin/v1/purge_history_status/{r['purge_id']}",
+                      token=tok)["status"]
+        if status != "active":
+            break
+        time.sleep(0.3)
+    if status != "complete":
+        raise RuntimeError(f"purge_history of {room}: {status}")
+    rows, _ = psql("SELECT d.state_group FROM state_groups_pending_deletion d "
+                   "JOIN state_groups g ON g.id = d.state_group WHERE g.room_id = :'room';",
+                   {"room": room})
+    marked = [int(r[0]) for r in rows]
+    psql("UPDATE state_groups_pending_deletion SET insertion_ts = insertion_ts - :ms "
+         "WHERE state_group = ANY(:'ids'::bigint[]);",
+         {"ms": DELAY_BEFORE_DELETION_MS + 60_000, "ids": id_array(marked)})
+    return marked
+
+
 class Purger(threading.Thread):
     """Purges history (Synapse marks the groups only old events used as pending
     deletion) and has Synapse's own deletion loop delete them while compression runs.
@@ -416,25 +446,8 @@ class Purger(threading.Thread):
         self.stop = threading.Event()
 
     def purge(self, room):
-        tok = self.st["admin"][1]
         point = self.st["purge_points"][room]
-        r = http("POST", f"/_synapse/admin/v1/purge_history/{q(room)}",
-                 {"delete_local_events": True, "purge_up_to_event_id": point}, tok)
-        while True:
-            status = http("GET", f"/_synapse/admin/v1/purge_history_status/{r['purge_id']}",
-                          token=tok)["status"]
-            if status != "active":
-                break
-            time.sleep(0.3)
-        if status != "complete":
-            raise RuntimeError(f"purge_history of {room}: {status}")
-        rows, _ = psql("SELECT d.state_group FROM state_groups_pending_deletion d "
-                       "JOIN state_groups g ON g.id = d.state_group WHERE g.room_id = :'room';",
-                       {"room": room})
-        marked = [int(r[0]) for r in rows]
-        psql("UPDATE state_groups_pending_deletion SET insertion_ts = insertion_ts - :ms "
-             "WHERE state_group = ANY(:'ids'::bigint[]);",
-             {"ms": DELAY_BEFORE_DELETION_MS + 60_000, "ids": id_array(marked)})
+        marked = purge_history(self.st["admin"][1], room, point)
         rnd = {"room": room, "marked": marked, "t_backdated": time.time(), "t_deleted": None}
         self.rounds.append(rnd)
         log(f"purged {room} up to {point}: {len(marked)} groups pending deletion, "
@@ -677,20 +690,9 @@ def diff(old, new):
     return f"missing {sorted(o - n)[:3]}, extra {sorted(n - o)[:3]}"
 
 
-def verify():
-    st = load()
-    tok = st["admin"][1]
+def structure_failures(phase):
+    """The tree is sound, and no edge, row or predecessor of a missing group."""
     failures = []
-    rows, _ = psql(SAME_STATE_SQL)
-    recorded, survived, changed, examples, groups_now, rows_now = rows[0]
-    log(f"(c) groups recorded in (a): {recorded}, surviving: {survived}, "
-        f"resolving differently: {changed}; groups now {groups_now}, rows now {rows_now}")
-    if int(changed):
-        failures.append(f"{changed} surviving groups resolve differently (e.g. {examples})")
-    # Every group the purge left must still be there (compression deletes nothing).
-    gone = int(recorded) - int(survived)
-    if gone > st["deleted"]:
-        failures.append(f"{gone} recorded groups are gone but Synapse deleted only {st['deleted']}")
     _, p = psql("CALL sc_test.assert_tree(175);", check=False)  # 175 = sum of levels 100,50,25
     if p.returncode:
         failures.append(f"tree check: {p.stderr.strip()}")
@@ -705,11 +707,29 @@ def verify():
                (SELECT count(*) FROM state_group_edges e
                  WHERE NOT EXISTS (SELECT 1 FROM state_groups g WHERE g.id = e.state_group));""")
     dangling, orphan_rows, orphan_edges = rows[0]
-    log(f"(c) edges to missing groups: {dangling}, rows of missing groups: {orphan_rows}, "
+    log(f"{phase} edges to missing groups: {dangling}, rows of missing groups: {orphan_rows}, "
         f"edges of missing groups: {orphan_edges}")
     if (dangling, orphan_rows, orphan_edges) != ("0", "0", "0"):
         failures.append(f"dangling predecessors {dangling}, orphan rows {orphan_rows}, "
                         f"orphan edges {orphan_edges}")
+    return failures
+
+
+def verify():
+    st = load()
+    tok = st["admin"][1]
+    failures = []
+    rows, _ = psql(SAME_STATE_SQL)
+    recorded, survived, changed, examples, groups_now, rows_now = rows[0]
+    log(f"(c) groups recorded in (a): {recorded}, surviving: {survived}, "
+        f"resolving differently: {changed}; groups now {groups_now}, rows now {rows_now}")
+    if int(changed):
+        failures.append(f"{changed} surviving groups resolve differently (e.g. {examples})")
+    # Every group the purge left must still be there (compression deletes nothing).
+    gone = int(recorded) - int(survived)
+    if gone > st["deleted"]:
+        failures.append(f"{gone} recorded groups are gone but Synapse deleted only {st['deleted']}")
+    failures += structure_failures("(c)")
     bad_api = 0
     samples = st["samples"] + st["live_samples"]
     for s in samples:
@@ -734,6 +754,156 @@ def verify():
     sys.exit(1 if failures else 0)
 
 
+# ---------------------------------------------------------------- (d) purge again, re-compress
+
+
+ROOM_ROWS_SQL = """
+SELECT (SELECT count(*) FROM state_groups_state s JOIN state_groups g ON g.id = s.state_group
+         WHERE g.room_id = :'room'),
+       (SELECT count(*) FROM state_groups WHERE room_id = :'room'),
+       (SELECT count(*) FROM state_groups_state);"""
+
+# The purge point: among the room's recorded events, the one whose state group the most
+# edges cross (predecessor below it, group at or above it). Purging there leaves that
+# many surviving groups whose predecessor Synapse deletes, i.e. that it de-deltas; ties
+# go to the most recent event.
+PURGE_POINT_SQL = """
+WITH pts AS (
+  SELECT t.event_id, t.ord, e.state_group
+  FROM unnest(:'evs'::text[]) WITH ORDINALITY AS t(event_id, ord)
+  JOIN event_to_state_groups e USING (event_id))
+SELECT p.event_id, p.state_group,
+       (SELECT count(*) FROM state_group_edges x JOIN state_groups g ON g.id = x.state_group
+         WHERE g.room_id = :'room' AND x.prev_state_group < p.state_group
+           AND x.state_group >= p.state_group) AS crossing
+FROM pts p ORDER BY crossing DESC, p.ord DESC LIMIT 1;"""
+
+
+def groups_deleted_counter():
+    """state_groups' deleted-tuple counter: what the scheduled run's revisit reads."""
+    rows, _ = psql("SELECT n_tup_del FROM pg_stat_user_tables WHERE relid = 'state_groups'::regclass;")
+    return int(rows[0][0])
+
+
+def scheduled_run(clog, what):
+    """CALL compress_database() (SCHEDULED_SQL, the worker's path: run start with its
+    revisit, then chunks), its LOG lines included; returns (ok, output)."""
+    _, p = psql("SET client_min_messages = log;\n" + SCHEDULED_SQL, check=False)
+    clog.write(f"--- {time.strftime('%H:%M:%S')} compress_database ({what}) rc={p.returncode}\n")
+    clog.write(p.stdout + p.stderr)
+    clog.flush()
+    return p.returncode == 0, p.stdout + p.stderr
+
+
+def repurge():
+    """(d) Synapse undoes compression and the next scheduled run redoes it. Purge a
+    compressed room's history through the admin API; Synapse's own deletion loop deletes
+    the groups only purged events used and rewrites their surviving children as full
+    snapshots (de-delta); the next compress_database run finds those below the room's
+    progress (src/revisit.rs) and compresses them again, every group's state kept."""
+    st = load()
+    tok = st["admin"][1]
+    # A room (b) did not purge: its whole history is compressed.
+    room = next((r for r in st["rooms"] if r not in st["purge_rooms"]), st["rooms"][0])
+    failures = []
+    figures = {}
+
+    def fig(label):
+        rows, _ = psql(ROOM_ROWS_SQL, {"room": room})
+        r_rows, r_groups, total = (int(x) for x in rows[0])
+        figures[label] = {"rows": r_rows, "groups": r_groups, "rows_all_rooms": total}
+        log(f"(d) {label}: {room} has {r_groups} groups, {r_rows} rows "
+            f"(state_groups_state: {total} rows in all rooms)")
+        return r_rows
+
+    with open(os.path.join(LOG_DIR, "compress.log"), "a") as clog:
+        # What (b)'s writer sent after the last pass is compressed first.
+        ok, out = scheduled_run(clog, "before the purge")
+        if not ok:
+            log(f"FAIL: compress_database before the purge: {out.strip()}")
+            sys.exit(1)
+        rows_compressed = fig("after compression")
+        rows, _ = psql(PURGE_POINT_SQL, {"room": room, "evs": "{" + ",".join(st["events"][room]) + "}"})
+        if not rows:
+            log(f"FAIL: no recorded event of {room} has a state group")
+            sys.exit(1)
+        point, point_group, crossing = rows[0]
+        rows, _ = psql("SELECT e.state_group FROM state_group_edges e "
+                       "JOIN state_groups g ON g.id = e.state_group WHERE g.room_id = :'room';",
+                       {"room": room})
+        deltas_before = [int(r[0]) for r in rows]
+        deleted0 = groups_deleted_counter()
+        log_de_delta0 = synapse_log_stats()["de_delta"]
+        marked = purge_history(tok, room, point)
+        log(f"(d) purged {room} up to {point} (group {point_group}; {crossing} edges cross it): "
+            f"{len(marked)} groups pending deletion, marks backdated")
+        if not marked:
+            log("FAIL: the purge marked no state group for deletion")
+            sys.exit(1)
+        # Synapse's loop (once a minute) deletes them in its own transaction; the run's
+        # revisit reads the deleted-tuple counter, so wait for that too.
+        t0, limit = time.time(), time.time() + REPURGE_MAX_S
+        while True:
+            pending, deleted = still_pending(marked), groups_deleted_counter()
+            if pending == 0 and deleted > deleted0:
+                break
+            if time.time() > limit:
+                log(f"FAIL: after {REPURGE_MAX_S:.0f}s {pending} of {len(marked)} marked groups "
+                    f"still pending deletion, state_groups n_tup_del {deleted0} -> {deleted}")
+                sys.exit(1)
+            time.sleep(0.5)
+        log(f"(d) Synapse deleted the marked groups after {time.time() - t0:.0f}s "
+            f"(state_groups n_tup_del {deleted0} -> {deleted})")
+        rows, _ = psql("SELECT x FROM unnest(:'ids'::bigint[]) x "
+                       "WHERE EXISTS (SELECT 1 FROM state_groups g WHERE g.id = x) "
+                       "AND NOT EXISTS (SELECT 1 FROM state_group_edges e WHERE e.state_group = x) "
+                       "ORDER BY x;", {"ids": id_array(deltas_before)})
+        dedeltaed = [int(r[0]) for r in rows]
+        log_de_delta = synapse_log_stats()["de_delta"] - log_de_delta0
+        rows_dedelta = fig("after purge and de-delta")
+        log(f"(d) groups Synapse de-deltaed (deltas before, full snapshots now): "
+            f"{len(dedeltaed)} {dedeltaed[:10]}; its log says {log_de_delta}")
+        if not dedeltaed:
+            # Nothing to re-compress: the phase would prove nothing.
+            log("FAIL: Synapse de-deltaed no group of the purged room")
+            sys.exit(1)
+        # Every group's resolved state now, to compare after the run.
+        psql("CALL sc_test.snapshot();")
+        ok, out = scheduled_run(clog, "after the de-delta")
+        if not ok:
+            failures.append(f"compress_database after the de-delta: {out.strip()}")
+        sent_back = [line.strip() for line in out.splitlines() if "rooms sent back" in line]
+        log(f"(d) next run's start: {sent_back[0] if sent_back else 'no room sent back'}")
+    rows, _ = psql("SELECT outcome, groups_changed, rows_before, rows_after "
+                   "FROM synapse_compress.runs ORDER BY run_id DESC LIMIT 1;")
+    log(f"(d) that run (outcome, groups_changed, rows_before, rows_after): {rows[0]}")
+    if rows[0][0] != "done":
+        failures.append(f"the run after the de-delta ended {rows[0][0]!r}")
+    rows_next = fig("after the next run")
+    rows, _ = psql("SELECT count(*) FROM unnest(:'ids'::bigint[]) x "
+                   "WHERE NOT EXISTS (SELECT 1 FROM state_group_edges e WHERE e.state_group = x);",
+                   {"ids": id_array(dedeltaed)})
+    log(f"(d) of the {len(dedeltaed)} de-deltaed groups, {rows[0][0]} are still full snapshots")
+    rows, _ = psql(SAME_STATE_SQL)
+    recorded, survived, changed, examples, _, _ = rows[0]
+    log(f"(d) groups before the run: {recorded}, after: {survived}, resolving differently: {changed}")
+    if int(changed):
+        failures.append(f"{changed} groups resolve differently after the next run (e.g. {examples})")
+    if survived != recorded:
+        failures.append(f"{int(recorded) - int(survived)} groups disappeared during the run")
+    failures += structure_failures("(d)")
+    if not rows_next < rows_dedelta:
+        failures.append(f"the next run did not bring the rows down: {rows_dedelta} -> {rows_next}")
+    log(f"(d) rows of {room}: {rows_compressed} after compression, {rows_dedelta} after the "
+        f"purge and de-delta, {rows_next} after the next run")
+    st["repurge"] = {"room": room, "figures": figures, "dedeltaed": len(dedeltaed),
+                     "failures": failures}
+    save(st)
+    for f in failures:
+        log(f"FAIL: {f}")
+    sys.exit(1 if failures else 0)
+
+
 def summary():
     """key=value figures for run.sh's final report."""
     st = load()
@@ -742,6 +912,12 @@ def summary():
     v["compress_calls"] = sum(c["calls"] for c in comp.values())
     v["compress_writes"] = sum(c["written"] for c in comp.values())
     v["compress_rows_saved"] = sum(c["rows_saved"] for c in comp.values())
+    rp = st.get("repurge")
+    if rp:
+        v["repurge_rows"] = "->".join(str(rp["figures"][k]["rows"]) for k in (
+            "after compression", "after purge and de-delta", "after the next run")
+            if k in rp["figures"])
+        v["repurge_dedeltaed"] = rp["dedeltaed"]
     for k in ("held_compression_wrote", "deletion_during_held_compression",
               "synapse_de_delta", "synapse_txn_retries"):
         if k in st:
@@ -751,4 +927,4 @@ def summary():
 
 if __name__ == "__main__":
     {"populate": populate, "record": record, "stress": stress,
-     "verify": verify, "summary": summary}[sys.argv[1]]()
+     "verify": verify, "repurge": repurge, "summary": summary}[sys.argv[1]]()
