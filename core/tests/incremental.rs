@@ -7,7 +7,7 @@ use common::*;
 
 use synapse_compress_core::engine::DEFAULT_MEMORY_LIMIT;
 use synapse_compress_core::incremental::{compress_chunk, ChunkLimits, ChunkOutcome, Progress};
-use synapse_compress_core::{GroupId, LevelSpec, Levels, RawGroup};
+use synapse_compress_core::{GroupId, LevelSpec, Levels, RawGroup, StateRow};
 use synapse_compress_testkit::generator;
 use synapse_compress_testkit::memstore::MemStore;
 use synapse_compress_testkit::rng::Rng;
@@ -172,6 +172,94 @@ fn a_chunk_below_the_minimum_is_undone_and_levels_restart() {
     }));
     assert_eq!(s.tables, before.tables);
     assert_eq!(p.last_compressed, 400);
+}
+
+/// Synapse's chains are at most 99 hops (it writes a delta only on a chain of fewer
+/// than 100 groups); the levels' at most the sum of their sizes.
+fn chain_bound(levels: &str) -> u32 {
+    LevelSpec::parse(levels).unwrap().max_hops().max(99)
+}
+
+/// A room as Synapse writes it, where each group changes one of three keys of a
+/// 40-key state: a full snapshot every 100 groups (ids 1, 101, 201, ...), deltas of
+/// one row between. The levels turn the snapshots into deltas of a few rows.
+fn few_changes_room(s: &mut MemStore, room: &str, n: usize) {
+    let mut state: Vec<StateRow> = (0..40)
+        .map(|k| row("m.room.member", &format!("@u{k}:hs"), &format!("$j{k}")))
+        .collect();
+    for i in 0..n {
+        let id = 1 + i as GroupId;
+        let k = i % 3;
+        let new = row("m.room.member", &format!("@u{k}:hs"), &format!("$e{i}"));
+        state[k] = new.clone();
+        let g = if i % 100 == 0 {
+            group(id, room, None, state.clone())
+        } else {
+            group(id, room, Some(id - 1), vec![new])
+        };
+        s.insert(g);
+    }
+}
+
+#[test]
+fn an_undone_chunk_never_leaves_chains_beyond_the_bound() {
+    // Levels 50,50 from id 3: the first chunk (ids 3..=2402) puts id 2402 about 95
+    // deep. Synapse stored ids 2403..=2500 as deltas on it (id 2401 is its snapshot),
+    // so undoing the second chunk would leave id 2500 about 95 + 98 hops deep: beyond
+    // both the levels' 100 and Synapse's 99.
+    let levels = "50,50";
+    let bound = chain_bound(levels);
+    let mut s = MemStore::default();
+    few_changes_room(&mut s, "!r:hs", 2600);
+    let original = s.clone();
+    let mut limits = ChunkLimits {
+        chunk_size: 2400,
+        upto: 2600,
+        min_saved_rows: 1,
+        memory_limit: DEFAULT_MEMORY_LIMIT,
+    };
+    let p = Progress {
+        last_compressed: 2,
+        levels: Levels::new(&LevelSpec::parse(levels).unwrap()),
+    };
+    let r = compress_chunk(&mut s, "!r:hs", &p, limits, None).expect("chunk");
+    assert!(
+        matches!(&r.outcome, ChunkOutcome::Written(rep) if rep.last == 2402 && rep.changed > 0),
+        "{:?}",
+        r.outcome
+    );
+    let d = s.depth(2402).unwrap();
+    assert!(
+        d + 98 > bound,
+        "id 2402 at depth {d}: too shallow for this test"
+    );
+    assert!(
+        max_depth(&s) > bound,
+        "the stored tree between chunks is deep"
+    );
+    // The second chunk does not pay (the minimum is out of reach).
+    limits.min_saved_rows = 1_000_000;
+    let before = s.clone();
+    let r = compress_chunk(&mut s, "!r:hs", &r.progress, limits, r.tangled).expect("chunk");
+    check_invariants(&before, &s, bound);
+    check_invariants(&original, &s, bound);
+    assert!(
+        max_depth(&s) <= bound,
+        "chains of {} hops left, bound {bound} ({:?})",
+        max_depth(&s),
+        r.outcome
+    );
+    assert_eq!(r.progress.last_compressed, 2600);
+
+    // A chunk whose undo leaves chains within the bound is still undone.
+    let mut s = original.clone();
+    let r = compress_chunk(&mut s, "!r:hs", &fresh(levels), limits, None).expect("chunk");
+    assert!(
+        matches!(r.outcome, ChunkOutcome::NotSaved { .. }),
+        "{:?}",
+        r.outcome
+    );
+    assert_eq!(s.tables, original.tables);
 }
 
 #[test]

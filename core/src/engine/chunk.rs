@@ -9,7 +9,7 @@
 
 use std::rc::Rc;
 
-use super::{ChunkReport, Options, Run, MAX_RESOLVE_HOPS};
+use super::{ChunkReport, Options, Run, MAX_RESOLVE_HOPS, SYNAPSE_MAX_HOPS};
 use crate::error::Result;
 use crate::hash::FxHashSet;
 use crate::levels::{Level, Levels};
@@ -31,7 +31,8 @@ pub enum ChunkOutcome {
     /// Written (or nothing needed writing: `report.changed == 0`).
     Written(ChunkReport),
     /// Undone because it would remove fewer than the minimum (never a room that grows);
-    /// the levels restart after it.
+    /// the levels restart after it. Never when undoing would leave one of its groups
+    /// with a stored chain beyond the bound (see `compress_chunk`).
     NotSaved { report: ChunkReport, saved: i64 },
 }
 
@@ -129,8 +130,16 @@ pub fn compress_chunk(
             size = (size * 2).min(limits.chunk_size * MAX_CHUNK_GROWTH);
             continue;
         }
-        store.end_atomic(pays)?;
-        let (outcome, levels) = if pays {
+        // Undoing would leave the chunk's groups on their stored chains. Earlier chunks
+        // may have rewritten the groups those chains run through deeper (up to the
+        // level sizes' sum, under a chain Synapse wrote up to 99 hops long), and the
+        // progress moves past the chunk: such a chain would stay beyond both bounds
+        // for good. Then the chunk's writes are kept, though below the minimum (its
+        // chains are verified within the levels' bound).
+        let bound = spec.max_hops().max(SYNAPSE_MAX_HOPS);
+        let keep = pays || report.max_stored_depth > bound;
+        store.end_atomic(keep)?;
+        let (outcome, levels) = if keep {
             (ChunkOutcome::Written(report.clone()), run.levels().clone())
         } else {
             (

@@ -32,6 +32,9 @@ use crate::planner::SkipReason;
 /// Guard against corrupt chains when resolving a group from the database. Synapse
 /// writes chains under 100 hops and compression keeps them within the level sums.
 pub const MAX_RESOLVE_HOPS: usize = 20_000;
+/// The longest chain (hops) Synapse writes: a delta only on a predecessor whose chain
+/// has fewer than 100 groups (its `MAX_STATE_DELTA_HOPS`), so at most 99 hops.
+pub const SYNAPSE_MAX_HOPS: u32 = 99;
 /// Largest chunk accepted (groups per chunk).
 pub const MAX_CHUNK_SIZE: usize = 100_000;
 /// `Options::memory_limit` when the caller has no setting (bytes).
@@ -147,6 +150,9 @@ pub struct ChunkReport {
     /// The chunk's groups that were full snapshots as loaded (what stays if the
     /// chunk's writes are undone).
     pub stored_snapshots: Vec<GroupId>,
+    /// The longest stored chain (hops) of the chunk's groups (those with a
+    /// well-defined state) before the chunk's writes: what undoing them would leave.
+    pub max_stored_depth: u32,
 }
 
 impl ChunkReport {
@@ -164,6 +170,7 @@ impl ChunkReport {
         self.plan.extend(next.plan);
         self.snapshots.extend(next.snapshots);
         self.stored_snapshots.extend(next.stored_snapshots);
+        self.max_stored_depth = self.max_stored_depth.max(next.max_stored_depth);
     }
 }
 

@@ -48,6 +48,10 @@ pub struct Run {
     opts: Options,
     levels: Levels,
     memo: FxHashMap<GroupId, Placement>,
+    /// The current chunk's groups and their stored depth (hops) before the chunk's
+    /// writes (`ChunkReport::max_stored_depth`): a predecessor in an earlier slice of
+    /// the chunk is already rewritten when a later slice reads it.
+    pre_depth: FxHashMap<GroupId, u32>,
     /// Strings interned so far in this run, and the last slice's nodes (with their
     /// states) plus the level heads' ancestry: most lookups below a slice land there
     /// instead of reloading a chain from the database. Both are caches, charged to the
@@ -120,6 +124,7 @@ impl Run {
             opts,
             levels,
             memo: FxHashMap::default(),
+            pre_depth: FxHashMap::default(),
             dict: Dictionary::default(),
             carry: FxHashMap::default(),
             carry_bytes: 0,
@@ -212,6 +217,7 @@ impl Run {
             self.tangled = Some(Rc::new(store.tangled(&self.room)?));
         }
         let mut report = ChunkReport::default();
+        self.pre_depth = FxHashMap::default();
         while (report.groups as usize) < want && self.after < self.upto {
             if report.groups > 0 {
                 store.check_interrupts();
@@ -264,6 +270,7 @@ impl Run {
             + self.carry_bytes
             + self.recent.heap_bytes()
             + map_bytes::<GroupId, Placement>(self.memo.capacity())
+            + map_bytes::<GroupId, u32>(self.pre_depth.capacity())
             + tangled
     }
 
@@ -402,6 +409,11 @@ impl Run {
             ..ChunkReport::default()
         };
         let tangled = self.tangled.clone().unwrap_or_default();
+        // Room for the slice's stored depths (kept until the chunk ends).
+        let before = map_bytes::<GroupId, u32>(self.pre_depth.capacity());
+        self.pre_depth.reserve(n);
+        let after = map_bytes::<GroupId, u32>(self.pre_depth.capacity());
+        outside.budget.charge(after.saturating_sub(before))?;
         for (g, bytes) in chunk.groups.into_iter().zip(raw) {
             raw_rows.push(g.rows.len() as u64);
             if self.record {
@@ -412,6 +424,19 @@ impl Run {
             let input = match resolve_group(store, &mut outside, &states, &g)? {
                 Ok((orig_prev, own, state)) => {
                     states.insert(g.id, Some(state.clone()));
+                    // Its stored depth: its predecessor's as stored before this chunk
+                    // (an earlier group of the chunk, or one below it, as read).
+                    let depth = match orig_prev {
+                        None => 0,
+                        Some(p) => {
+                            1 + match self.pre_depth.get(&p) {
+                                Some(d) => *d,
+                                None => outside.lookup(store, p)?.map_or(0, |n| n.depth),
+                            }
+                        }
+                    };
+                    self.pre_depth.insert(g.id, depth);
+                    report.max_stored_depth = report.max_stored_depth.max(depth);
                     let skip = if chunk.frozen.contains(&g.id) {
                         Some(SkipReason::Frozen)
                     } else if tangled.contains(&g.id) {
