@@ -4,9 +4,11 @@
 # interruption strikes at a known point, never at a moment: the run is held there on a
 # lock this test holds (a session of its own), the test waits until it sees the
 # backend wait on that lock (pg_blocking_pids), then strikes. The points:
-#   read      the run must lock a group 40% into the room, which the test holds
-#             FOR UPDATE (as Synapse's deletion would): the run waits while reading
-#             that chunk, earlier chunks already rewritten in its transaction
+#   read      the run must lock a group of its first chunk, which the test holds
+#             FOR UPDATE (as Synapse's deletion would): holding no other lock, the
+#             run waits for that row alone (src/spi/locks.rs). Later in the room it
+#             would hold earlier chunks' locks and so never wait (NOWAIT: refused,
+#             retried, then 55P03), so the "earlier chunks rewritten" case is write N
 #   write N   a trigger on state_groups_state takes an advisory lock the test holds at
 #             the Nth row the run inserts
 # The faults:
@@ -111,8 +113,8 @@ CREATE TRIGGER sc_fault AFTER INSERT ON state_groups_state FOR EACH ROW
         OR coalesce(current_setting('sc_fault.limit', true), '') <> '')
   EXECUTE FUNCTION public.sc_fault_after_rows();
 SQL
-READ_AT=$(val "SELECT id FROM state_groups WHERE room_id = '$ROOM' ORDER BY id
-               OFFSET (SELECT count(*) * 4 / 10 FROM state_groups WHERE room_id = '$ROOM') LIMIT 1")
+# The 10th group of the room: in compress_room's first chunk.
+READ_AT=$(val "SELECT id FROM state_groups WHERE room_id = '$ROOM' ORDER BY id OFFSET 10 LIMIT 1")
 
 intact() {  # $1: what happened
     local d
@@ -148,7 +150,8 @@ release() {
 # runs before compress_room.
 arm() {
     if [ "$1" = read ]; then
-        PRE=''
+        # The wait lasts until the test strikes, not the tool's lock_timeout (1 s).
+        PRE="SET LOCAL synapse_compress.lock_timeout = '1min';"
         hold "SELECT 1 FROM state_groups WHERE id = $READ_AT FOR UPDATE"
     else
         PRE="SELECT setval('sc_fault_rows', 1, false); SET LOCAL sc_fault.block_at = $1;"
