@@ -214,7 +214,7 @@ CROSS JOIN (SELECT sum(x.total_bytes)::bigint AS state_tables_bytes,
             FROM synapse_compress.space x) sp;
 
 -- Synapse's tables are read by room_state_groups() and room_progress(), which run as
--- their owner (src/admin.rs): a view must not run the owner's code as its reader.
+-- their owner (src/rooms.rs): a view must not run the owner's code as its reader.
 CREATE VIEW synapse_compress.rooms AS
 SELECT
     q.room_id,

@@ -142,7 +142,7 @@ CREATE TABLE synapse_compress.room_settings (
 );
 SELECT pg_catalog.pg_extension_config_dump('synapse_compress.room_settings', '');
 -- Synapse's tables are read by room_state_groups() and room_progress(), which run as
--- their owner (src/admin.rs): a view must not run the owner's code as its reader.
+-- their owner (src/rooms.rs): a view must not run the owner's code as its reader.
 CREATE VIEW synapse_compress.rooms AS
 SELECT
     q.room_id,

@@ -1,14 +1,20 @@
 //! synapse_compress: compress Synapse's state tables inside PostgreSQL.
 //!
-//! The algorithm lives in the `synapse_compress_core` crate (no PostgreSQL in it).
-//! This crate is the thin layer around it:
+//! The algorithm and the run policy live in the `synapse_compress_core` crate (no
+//! PostgreSQL in it). This crate holds what must touch PostgreSQL: the SQL functions,
+//! the worker, the locking protocol over SPI and running every access to Synapse's
+//! tables as their owner:
 //! - `api`: `compress_room`, the one-room SQL function;
-//! - `schedule`: scheduled runs over the whole database, one chunk per transaction;
-//! - `worker`: the background worker that drives `schedule` on a timer;
+//! - `schedule`: scheduled runs over the whole database, one chunk per transaction
+//!   (`step`: the run policy, then a chunk; both drivers call it);
+//! - `worker`: the background worker that drives `schedule` on a timer, and its SQL
+//!   functions (`worker_registered`, `wake_workers`, `window_wait`);
 //! - `plan`: `plan_room` and `plan_room_json`, what `compress_room` would do, group
 //!   by group;
-//! - `admin`: the `synapse_compress.*` SQL functions behind `CALL compress_database()`;
-//! - `rooms`: per-room control (`exclude_room`, `set_room_priority`, ...);
+//! - `procedure`: the SQL functions `CALL compress_database()` is made of (`begin_run`,
+//!   `run_step`, `end_run`);
+//! - `rooms`: per-room control (`exclude_room`, `set_room_priority`, ...), the `rooms`
+//!   view's readers and `reset_room`;
 //! - `progress`: a room's saved levels (the existing tool's tables);
 //! - `owner`: where Synapse's tables are, and running every access to them as their
 //!   owner, security-restricted (least privilege);
@@ -19,12 +25,12 @@
 
 use pgrx::prelude::*;
 
-mod admin;
 mod api;
 mod errors;
 mod gucs;
 mod owner;
 mod plan;
+mod procedure;
 mod progress;
 mod revisit;
 mod rooms;
@@ -38,11 +44,11 @@ pgrx::extension_sql_file!(
     "../sql/schedule.sql",
     name = "schedule",
     requires = [
-        admin::synapse_compress::worker_registered,
-        admin::synapse_compress::wake_workers,
-        admin::synapse_compress::room_state_groups,
-        admin::synapse_compress::room_progress,
-        admin::synapse_compress::window_wait
+        worker::synapse_compress::worker_registered,
+        worker::synapse_compress::wake_workers,
+        rooms::synapse_compress::room_state_groups,
+        rooms::synapse_compress::room_progress,
+        worker::synapse_compress::window_wait
     ]
 );
 pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);

@@ -5,7 +5,7 @@
 
 use pgrx::datum::DatumWithOid;
 use pgrx::spi::SpiClient;
-use synapse_compress_core::incremental::Progress;
+use synapse_compress_core::engine::Progress;
 use synapse_compress_core::levels::Level;
 use synapse_compress_core::{Error, LevelSpec, Levels, Result};
 

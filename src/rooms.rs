@@ -3,6 +3,9 @@
 //! scheduled run (the worker and `CALL compress_database()`) honours them
 //! (`schedule::pick_room`, `schedule::room_levels`); `compress_room`, an explicit
 //! request with explicit arguments, does not look at them.
+//!
+//! Also the `rooms` view's readers of Synapse's tables (`room_state_groups`,
+//! `room_progress`) and `reset_room`, which run as the tables' owner.
 
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
@@ -83,6 +86,7 @@ pub mod synapse_compress {
 
     use super::{canonical_levels, set, Column};
     use crate::errors::{clean, raise, required};
+    use crate::schedule;
 
     fn run(room: &str, column: Column, value: pgrx::datum::DatumWithOid<'static>) {
         clean(|| Spi::connect_mut(|client| set(client, room, column, value)))
@@ -122,5 +126,40 @@ pub mod synapse_compress {
         let room = required(room_id, "room_id");
         let levels = canonical_levels(levels).unwrap_or_else(|e| raise(e));
         run(room, Column::Levels, levels.into());
+    }
+
+    /// Number of state groups of a room (the rooms view's state_groups column).
+    #[pg_extern(stable, parallel_restricted)]
+    #[search_path(pg_catalog, pg_temp)]
+    fn room_state_groups(room_id: Option<&str>) -> Option<i64> {
+        let room = room_id?;
+        clean(|| Spi::connect(|client| schedule::room_state_groups(client, room)))
+            .map(Some)
+            .unwrap_or_else(|e| raise(e))
+    }
+
+    /// Every room's saved progress in the existing tool's tables (the rooms view).
+    #[allow(clippy::type_complexity)]
+    #[pg_extern(stable, parallel_restricted)]
+    #[search_path(pg_catalog, pg_temp)]
+    fn room_progress() -> TableIterator<
+        'static,
+        (
+            name!(room_id, String),
+            name!(compressed_up_to, i64),
+            name!(levels, Option<String>),
+        ),
+    > {
+        let rows = clean(|| Spi::connect(schedule::room_progress)).unwrap_or_else(|e| raise(e));
+        TableIterator::new(rows)
+    }
+
+    /// Forget a room's saved levels, progress and errors: the next run starts it over.
+    #[pg_extern(volatile, parallel_unsafe)]
+    #[search_path(pg_catalog, pg_temp)]
+    fn reset_room(room_id: Option<&str>) {
+        let room = required(room_id, "room_id");
+        clean(|| Spi::connect_mut(|client| schedule::reset_room(client, room)))
+            .unwrap_or_else(|e| raise(e))
     }
 }

@@ -2,7 +2,7 @@
 //! transaction. The background worker and `CALL compress_database()` both drive it
 //! (`begin_run`, then `step` until it says how the run ends, then `end_run`): `step`
 //! applies the one run policy (`Source::run_end_before_chunk`) and runs the next chunk
-//! through the core's one rewrite path (`incremental::compress_chunk`).
+//! through the core's one rewrite path (`engine::compress_chunk`).
 //!
 //! A chunk's rewrite, the room's saved levels and progress, and the run's counters
 //! commit together, so a crash neither loses nor repeats work. A room that fails is
@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use pgrx::datum::DatumWithOid;
 use pgrx::spi::SpiClient;
 use pgrx::{pg_sys, FromDatum, IntoDatum};
+use synapse_compress_core::engine::{self, ChunkLimits, ChunkOutcome, ChunkResult, Progress};
 use synapse_compress_core::hash::FxHashSet;
-use synapse_compress_core::incremental::{self, ChunkLimits, ChunkOutcome, ChunkResult, Progress};
 use synapse_compress_core::schedule::{self as policy, Boundary, Budget, Outcome, RunEnd};
 use synapse_compress_core::{Error, GroupId, LevelSpec, Levels, Result};
 
@@ -618,7 +618,7 @@ fn compress_chunk_as_owner(
     run: i64,
 ) -> Result<ChunkResult> {
     let mut store = SpiStore::new(client, tables, true).map_err(spi)?;
-    let r = incremental::compress_chunk(&mut store, room, progress, limits, tangled.clone())?;
+    let r = engine::compress_chunk(&mut store, room, progress, limits, tangled.clone())?;
     if let Some(set) = &r.tangled {
         let found = Tangled {
             run,

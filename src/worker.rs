@@ -281,3 +281,44 @@ fn run(signals: &mut Signals) {
     });
     log!("synapse_compress worker: run {run_id} {outcome} after {chunks} chunks");
 }
+
+/// The worker's SQL functions (the `status` view's readers, `run_now()`'s latch).
+#[pg_schema]
+pub mod synapse_compress {
+    use pgrx::prelude::*;
+    use pgrx::PgSqlErrorCode;
+
+    use crate::errors::required;
+
+    /// Whether this server registered the background worker (library preloaded and
+    /// `synapse_compress.workers` > 0).
+    #[pg_extern(stable, parallel_safe)]
+    #[search_path(pg_catalog, pg_temp)]
+    fn worker_registered() -> bool {
+        super::registered()
+    }
+
+    /// Minutes from `minute_of_day` (0..1439) until `synapse_compress.window` is open:
+    /// 0 inside it (and when it is empty). `window_start()` and the `status` view's
+    /// `next_run` use it, with the worker's own rule (`schedule::Window`).
+    #[pg_extern(stable, parallel_safe)]
+    #[search_path(pg_catalog, pg_temp)]
+    fn window_wait(minute_of_day: Option<i32>) -> Option<i32> {
+        let minute = required(minute_of_day, "minute_of_day");
+        let Some(minute) = u32::try_from(minute).ok().filter(|m| *m < 24 * 60) else {
+            crate::errors::report(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("minute_of_day {minute} is not between 0 and 1439"),
+                "Pass minutes since midnight: hours * 60 + minutes.".into(),
+            )
+        };
+        crate::gucs::window().map(|w| w.minutes_until_open(minute) as i32)
+    }
+
+    /// Set the latch of every running worker; returns how many were woken.
+    #[pg_extern(volatile, parallel_unsafe)]
+    #[search_path(pg_catalog, pg_temp)]
+    fn wake_workers() -> i32 {
+        super::wake_all()
+    }
+}

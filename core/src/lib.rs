@@ -13,7 +13,6 @@ pub mod error;
 pub mod hash {
     pub use rustc_hash::{FxHashMap, FxHashSet};
 }
-pub mod incremental;
 pub mod levels;
 pub mod model;
 pub mod planner;

@@ -12,9 +12,9 @@
 
 use std::time::Duration;
 
+use crate::engine::ChunkOutcome;
 use crate::engine::MAX_CHUNK_SIZE;
 use crate::error::{Error, Result};
-use crate::incremental::ChunkOutcome;
 
 /// What one chunk of a scheduled run did (`synapse_compress.run_step`'s `outcome` column).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -7,7 +7,7 @@ mod common;
 use common::*;
 
 use synapse_compress_core::engine::{self, DEFAULT_MEMORY_LIMIT};
-use synapse_compress_core::incremental::{compress_chunk, ChunkLimits, Progress};
+use synapse_compress_core::engine::{compress_chunk, ChunkLimits, Progress};
 use synapse_compress_core::{Error, LevelSpec, Levels};
 use synapse_compress_testkit::generator;
 use synapse_compress_testkit::memstore::MemStore;

@@ -12,7 +12,7 @@ use common::*;
 use std::collections::BTreeSet;
 
 use synapse_compress_core::engine::DEFAULT_MEMORY_LIMIT;
-use synapse_compress_core::incremental::{compress_chunk, ChunkLimits, ChunkOutcome, Progress};
+use synapse_compress_core::engine::{compress_chunk, ChunkLimits, ChunkOutcome, Progress};
 use synapse_compress_core::{GroupId, LevelSpec, Levels};
 use synapse_compress_testkit::generator;
 use synapse_compress_testkit::memstore::{MemStore, Resolution};

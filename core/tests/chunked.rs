@@ -6,7 +6,7 @@ mod common;
 use common::*;
 
 use synapse_compress_core::engine::DEFAULT_MEMORY_LIMIT;
-use synapse_compress_core::incremental::{compress_chunk, ChunkLimits, ChunkOutcome, Progress};
+use synapse_compress_core::engine::{compress_chunk, ChunkLimits, ChunkOutcome, Progress};
 use synapse_compress_core::{GroupId, LevelSpec, Levels, RawGroup, StateRow};
 use synapse_compress_testkit::generator;
 use synapse_compress_testkit::memstore::MemStore;

@@ -1,9 +1,7 @@
-//! SQL functions of the `synapse_compress` schema written in Rust: the plumbing of
-//! scheduled runs (`begin_run`, `run_step`, `end_run`, used by `CALL
-//! compress_database()`), the worker's latch, and what reads or changes Synapse's
-//! tables for the views and admins (`room_state_groups`, `room_progress`, `reset_room`),
-//! which must run as the tables' owner. The rest (`pause`, `resume`, `run_now`,
-//! `set_state_schema`) and the views are in sql/schedule.sql.
+//! The SQL functions `CALL compress_database()` is made of: `begin_run`, then
+//! `run_step` until it says how the run ends, then `end_run` (internal, not PUBLIC's).
+//! `run_step` is `schedule::step`, the same step the background worker takes, so both
+//! drivers follow one run policy. The procedure itself is in sql/schedule.sql.
 //!
 //! Every function pins `search_path`: the database's own default is the database
 //! owner's to set, and may hold look-alike functions and operators.
@@ -17,40 +15,7 @@ pub mod synapse_compress {
 
     use crate::errors::{clean, raise, report, required};
     use crate::schedule::{self, Next, Source};
-    use crate::worker;
     use synapse_compress_core::schedule::{Budget, Outcome, RunEnd};
-
-    /// Whether this server registered the background worker (library preloaded and
-    /// `synapse_compress.workers` > 0).
-    #[pg_extern(stable, parallel_safe)]
-    #[search_path(pg_catalog, pg_temp)]
-    fn worker_registered() -> bool {
-        worker::registered()
-    }
-
-    /// Minutes from `minute_of_day` (0..1439) until `synapse_compress.window` is open:
-    /// 0 inside it (and when it is empty). `window_start()` and the `status` view's
-    /// `next_run` use it, with the worker's own rule (`schedule::Window`).
-    #[pg_extern(stable, parallel_safe)]
-    #[search_path(pg_catalog, pg_temp)]
-    fn window_wait(minute_of_day: Option<i32>) -> Option<i32> {
-        let minute = required(minute_of_day, "minute_of_day");
-        let Some(minute) = u32::try_from(minute).ok().filter(|m| *m < 24 * 60) else {
-            crate::errors::report(
-                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-                format!("minute_of_day {minute} is not between 0 and 1439"),
-                "Pass minutes since midnight: hours * 60 + minutes.".into(),
-            )
-        };
-        crate::gucs::window().map(|w| w.minutes_until_open(minute) as i32)
-    }
-
-    /// Set the latch of every running worker; returns how many were woken.
-    #[pg_extern(volatile, parallel_unsafe)]
-    #[search_path(pg_catalog, pg_temp)]
-    fn wake_workers() -> i32 {
-        worker::wake_all()
-    }
 
     /// Start a scheduled run (internal: used by compress_database).
     #[pg_extern(volatile, parallel_unsafe)]
@@ -151,41 +116,6 @@ pub mod synapse_compress {
         let run = required(run_id, "run_id");
         let outcome = required(outcome, "outcome");
         clean(|| Spi::connect_mut(|client| schedule::end_run(client, run, outcome, message)))
-            .unwrap_or_else(|e| raise(e))
-    }
-
-    /// Number of state groups of a room (the rooms view's state_groups column).
-    #[pg_extern(stable, parallel_restricted)]
-    #[search_path(pg_catalog, pg_temp)]
-    fn room_state_groups(room_id: Option<&str>) -> Option<i64> {
-        let room = room_id?;
-        clean(|| Spi::connect(|client| schedule::room_state_groups(client, room)))
-            .map(Some)
-            .unwrap_or_else(|e| raise(e))
-    }
-
-    /// Every room's saved progress in the existing tool's tables (the rooms view).
-    #[allow(clippy::type_complexity)]
-    #[pg_extern(stable, parallel_restricted)]
-    #[search_path(pg_catalog, pg_temp)]
-    fn room_progress() -> TableIterator<
-        'static,
-        (
-            name!(room_id, String),
-            name!(compressed_up_to, i64),
-            name!(levels, Option<String>),
-        ),
-    > {
-        let rows = clean(|| Spi::connect(schedule::room_progress)).unwrap_or_else(|e| raise(e));
-        TableIterator::new(rows)
-    }
-
-    /// Forget a room's saved levels, progress and errors: the next run starts it over.
-    #[pg_extern(volatile, parallel_unsafe)]
-    #[search_path(pg_catalog, pg_temp)]
-    fn reset_room(room_id: Option<&str>) {
-        let room = required(room_id, "room_id");
-        clean(|| Spi::connect_mut(|client| schedule::reset_room(client, room)))
             .unwrap_or_else(|e| raise(e))
     }
 }
