@@ -11,162 +11,27 @@
 //! - the branch choice: the group's stored predecessor, i.e. its real branch, or the
 //!   nearest of its ancestors in the new tree that is shallow enough (below).
 //!
-//! A group with no stored predecessor (a snapshot Synapse wrote, or a group its
-//! deletion loop "de-deltaed"), or one that would otherwise become a forced snapshot,
-//! also tries the recent choice: among the last `RECENT_GROUPS` groups placed
-//! (`Recent`), the usable one with the smallest delta whose keys are a subset of the
-//! group's, within the same depth budget. A de-deltaed group has lost its branch, and
-//! in rooms with forks the level choice restates a whole branch; the group it was
-//! written after is usually a few groups back.
-//!
-//! With none of these, the group becomes a full snapshot (a forced snapshot).
+//! With neither, the group becomes a full snapshot (a forced snapshot).
 //!
 //! In rooms with forks (federation forks, spam joins, backfilled roots) consecutive
 //! groups belong to different branches, so the level choice alone restates whole
 //! branches in every delta; the branch choice keeps such groups one row.
 //!
 //! Depth: the levels give each group a depth (`Levels::depth_budget`: the depth the
-//! existing tool's tree puts it at). The branch and recent choices may not make a
-//! group deeper than that (nor than the level choice), so every group is at most as
-//! deep as in the existing tool's tree: chains stay within the sum of the level sizes,
-//! level heads within what saved levels promise, and reads no slower than the existing
-//! tool's tree.
-//!
-//! Chunk boundaries: the levels carry over between chunks, and the level and branch
-//! choices come from the new tree as it stands, whatever the chunks. The recent groups
-//! carry over between the chunks and slices of one run (one transaction: a whole
-//! `compress_room`, or one scheduled `compress_chunk`), but not between transactions:
-//! a scheduled chunk starts with none, since by then Synapse may have marked such a
-//! group for deletion. So where scheduled chunks start can change the result (a group
-//! early in a chunk has fewer recent groups to choose from), and so can a chunk that
-//! is extended (`MAX_CHUNK_GROWTH`); the memory limit cannot (nodes the engine sheds
-//! are read again), and no group's state ever depends on any of it.
+//! existing tool's tree puts it at). The branch choice may not make a group deeper
+//! than that (nor than the level choice), so every group is at most as deep as in the
+//! existing tool's tree: chains stay within the sum of the level sizes, level heads
+//! within what saved levels promise, and reads no slower than the existing tool's
+//! tree. Only the levels carry over between chunks; everything else comes from the
+//! new tree as it stands, so results do not depend on chunk boundaries.
 
-use std::collections::VecDeque;
-use std::mem::size_of;
 use std::rc::Rc;
 
 use crate::error::Result;
 use crate::hash::FxHashMap;
 use crate::levels::Levels;
 use crate::model::GroupId;
-use crate::state::{State, ALLOC_OVERHEAD};
-
-/// Groups the recent choice looks back over (see the module doc).
-pub const RECENT_GROUPS: usize = 128;
-
-/// The last groups placed (at most `RECENT_GROUPS`), as candidate bases for the
-/// recent choice. Their nodes are a cache, within `max_bytes` of estimated memory
-/// (the oldest go first) and shed by the engine when memory is short: a group whose
-/// node is not held is looked up again (`outside`, as any group below a chunk), so
-/// what is planned does not depend on the memory limit.
-#[derive(Clone, Debug, Default)]
-pub struct Recent {
-    ring: VecDeque<(GroupId, Option<Rc<Node>>)>,
-    /// Estimated bytes of the nodes held.
-    bytes: usize,
-    max_bytes: usize,
-}
-
-impl Recent {
-    pub fn new(max_bytes: usize) -> Recent {
-        Recent {
-            ring: VecDeque::new(),
-            bytes: 0,
-            max_bytes,
-        }
-    }
-
-    /// What one held node costs: the node and (counted for every entry, even when
-    /// shared) its state.
-    fn node_bytes(n: &Node) -> usize {
-        size_of::<Node>()
-            + 2 * size_of::<usize>()
-            + ALLOC_OVERHEAD
-            + n.state.heap_bytes()
-            + 2 * size_of::<usize>()
-            + ALLOC_OVERHEAD
-    }
-
-    /// Remember `id`, just placed; forget the oldest beyond `RECENT_GROUPS`, and drop
-    /// the oldest nodes beyond the bytes.
-    pub fn push(&mut self, id: GroupId, node: Rc<Node>) {
-        self.bytes += Self::node_bytes(&node);
-        self.ring.push_back((id, Some(node)));
-        if self.ring.len() > RECENT_GROUPS {
-            if let Some((_, Some(old))) = self.ring.pop_front() {
-                self.bytes -= Self::node_bytes(&old);
-            }
-        }
-        let mut i = 0;
-        while self.bytes > self.max_bytes && i < self.ring.len() {
-            if let Some(old) = self.ring[i].1.take() {
-                self.bytes -= Self::node_bytes(&old);
-            }
-            i += 1;
-        }
-    }
-
-    /// Estimated bytes held (the ring's slots by capacity, and the nodes held).
-    pub fn heap_bytes(&self) -> usize {
-        let slots = if self.ring.capacity() == 0 {
-            0
-        } else {
-            self.ring.capacity() * size_of::<(GroupId, Option<Rc<Node>>)>() + ALLOC_OVERHEAD
-        };
-        slots + self.bytes
-    }
-
-    /// Whether no node is held (the ids may be).
-    pub fn holds_nothing(&self) -> bool {
-        self.bytes == 0 && self.ring.iter().all(|(_, n)| n.is_none())
-    }
-
-    /// Drop the nodes, keep the ids.
-    pub fn shed(&mut self) {
-        for (_, n) in self.ring.iter_mut() {
-            *n = None;
-        }
-        self.bytes = 0;
-    }
-
-    /// The best base for `state` (group `id`) among the recent groups: usable, lower
-    /// than `id`, keys a subset of the group's, at most `budget - 1` deep, with a
-    /// delta smaller than `below`. Returns it and its delta's length.
-    fn best(
-        &self,
-        id: GroupId,
-        state: &State,
-        budget: u32,
-        mut below: usize,
-        node_of: &mut dyn FnMut(GroupId) -> Result<Rc<Node>>,
-    ) -> Result<Option<(GroupId, Rc<Node>, usize)>> {
-        let mut best = None;
-        for (b, held) in self.ring.iter().rev() {
-            if *b >= id || budget == 0 {
-                continue;
-            }
-            let n = match held {
-                Some(n) => n.clone(),
-                None => node_of(*b)?,
-            };
-            if !n.usable || n.depth + 1 > budget {
-                continue;
-            }
-            // A delta holds at least the keys the base lacks.
-            if state.len().saturating_sub(n.state.len()) >= below || !n.state.keys_subset_of(state)
-            {
-                continue;
-            }
-            let cost = state.delta_len(&n.state);
-            if cost < below {
-                below = cost;
-                best = Some((*b, n, cost));
-            }
-        }
-        Ok(best)
-    }
-}
+use crate::state::State;
 
 /// Why a group is left exactly as it is and never used as a base.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -290,12 +155,10 @@ pub struct ChunkPlan {
 }
 
 /// Plan one chunk. `outside` gives the node of a group below the chunk as the new
-/// tree stands (from earlier chunks or the database). `recent` holds the groups
-/// placed just before the chunk (in the same transaction), and is kept up to date.
+/// tree stands (from earlier chunks or the database).
 pub fn plan_chunk(
     inputs: &[Input],
     levels: &mut Levels,
-    recent: &mut Recent,
     outside: &mut dyn FnMut(GroupId) -> Result<Rc<Node>>,
 ) -> Result<ChunkPlan> {
     let mut nodes: FxHashMap<GroupId, Rc<Node>> = FxHashMap::default();
@@ -378,14 +241,6 @@ pub fn plan_chunk(
                 walk = n.prev;
                 hops += 1;
             }
-            // The recent choice, for a group without its branch or without a base.
-            if input.orig_prev.is_none() || best.is_none() {
-                let found = recent.best(input.id, state, budget, best_cost, &mut node_of)?;
-                if let Some((b, n, cost)) = found {
-                    best_cost = cost;
-                    best = Some((b, n));
-                }
-            }
             let base = best.as_ref().map(|(id, _)| *id);
             let delta = match &best {
                 Some((_, n)) => state.delta_from(&n.state),
@@ -409,14 +264,15 @@ pub fn plan_chunk(
                 )
             }
         };
-        let node = Rc::new(Node {
-            state: state.clone(),
-            depth,
-            prev,
-            usable: true,
-        });
-        recent.push(input.id, node.clone());
-        nodes.insert(input.id, node);
+        nodes.insert(
+            input.id,
+            Rc::new(Node {
+                state: state.clone(),
+                depth,
+                prev,
+                usable: true,
+            }),
+        );
         planned.push(Planned {
             id: input.id,
             decision,

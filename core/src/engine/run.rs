@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::hash::{FxHashMap, FxHashSet};
 use crate::levels::Levels;
 use crate::model::{GroupId, RawGroup};
-use crate::planner::{self, Broken, Decision, Input, Node, Planned, Recent, SkipReason};
+use crate::planner::{self, Broken, Decision, Input, Node, Planned, SkipReason};
 use crate::state::{Dictionary, State, ALLOC_OVERHEAD};
 use crate::store::{Chain, Rewrite, RoomExtent, Store};
 use crate::verify::{self, Base, Proposal};
@@ -21,8 +21,6 @@ use crate::verify::{self, Base, Proposal};
 const FIRST_SLICE: usize = 100;
 /// A slice is at most this many times the last one (estimates are from the last).
 const SLICE_GROWTH: usize = 8;
-/// The recent groups (`Run::recent`) hold at most this fraction of the budget.
-const RECENT_SHARE: usize = 8;
 
 /// A group's place in the new tree, kept between chunks without its state.
 #[derive(Clone, Copy, Debug)]
@@ -35,7 +33,6 @@ struct Placement {
 pub struct Checkpoint {
     levels: Levels,
     memo: FxHashMap<GroupId, Placement>,
-    recent: Recent,
     after: GroupId,
     remaining: Option<u64>,
     summary: Summary,
@@ -59,11 +56,6 @@ pub struct Run {
     dict: Dictionary,
     carry: FxHashMap<GroupId, Rc<Node>>,
     carry_bytes: usize,
-    /// The groups placed last, for the planner's recent choice (`planner::Recent`):
-    /// kept within this run only (one transaction: a scheduled chunk, or a whole
-    /// `compress_room`). Their nodes are a cache like `carry`: at most `RECENT_SHARE`
-    /// of the budget, shed with the others (then looked up again when needed).
-    recent: Recent,
     budget: MemoryBudget,
     /// Bytes one group of the last slice cost, beyond what the run held before it.
     group_cost: Option<usize>,
@@ -116,7 +108,6 @@ impl Run {
             dry_run: opts.dry_run,
             ..Summary::default()
         };
-        let recent = Recent::new(opts.memory_limit / RECENT_SHARE);
         Ok(Run {
             room: room.to_owned(),
             remaining: opts.max_groups.map(|m| m as u64),
@@ -128,7 +119,6 @@ impl Run {
             dict: Dictionary::default(),
             carry: FxHashMap::default(),
             carry_bytes: 0,
-            recent,
             group_cost: None,
             last_slice: 0,
             tangled: None,
@@ -181,7 +171,6 @@ impl Run {
         Checkpoint {
             levels: self.levels.clone(),
             memo: self.memo.clone(),
-            recent: self.recent.clone(),
             after: self.after,
             remaining: self.remaining,
             summary: self.summary.clone(),
@@ -193,10 +182,6 @@ impl Run {
         self.shed();
         self.levels = cp.levels;
         self.memo = cp.memo;
-        // The recent groups' nodes are read again: after a failure, what Synapse did
-        // meanwhile (marking a group for deletion) is only seen that way.
-        self.recent = cp.recent;
-        self.recent.shed();
         self.after = cp.after;
         self.remaining = cp.remaining;
         self.summary = cp.summary;
@@ -251,12 +236,11 @@ impl Run {
         Ok(Some(report))
     }
 
-    /// Drop the caches: the nodes carried between slices, the recent groups and the
-    /// dictionary (which only they refer to between slices).
+    /// Drop the caches: the nodes carried between slices and the dictionary (which
+    /// only they refer to between slices).
     fn shed(&mut self) {
         self.carry = FxHashMap::default();
         self.carry_bytes = 0;
-        self.recent.shed();
         self.dict = Dictionary::default();
     }
 
@@ -268,7 +252,6 @@ impl Run {
             .map_or(0, |t| map_bytes::<GroupId, ()>(t.capacity()));
         self.dict.heap_bytes()
             + self.carry_bytes
-            + self.recent.heap_bytes()
             + map_bytes::<GroupId, Placement>(self.memo.capacity())
             + map_bytes::<GroupId, u32>(self.pre_depth.capacity())
             + tangled
@@ -300,8 +283,7 @@ impl Run {
             if self.held_bytes() > self.budget.limit() / 2 {
                 self.shed();
             }
-            let clean =
-                self.carry.is_empty() && self.dict.is_empty() && self.recent.holds_nothing();
+            let clean = self.carry.is_empty() && self.dict.is_empty();
             let levels = self.levels.clone();
             match self.process(store, n) {
                 Ok(Some(report)) => {
@@ -469,11 +451,8 @@ impl Run {
         }
         drop(states);
 
-        // The planner updates a copy: a slice that fails keeps none of its groups.
-        let mut recent = self.recent.clone();
-        let plan = planner::plan_chunk(&inputs, &mut self.levels, &mut recent, &mut |id| {
-            outside.node(store, id)
-        })?;
+        let plan =
+            planner::plan_chunk(&inputs, &mut self.levels, &mut |id| outside.node(store, id))?;
 
         // Verify every rewrite against the original state before anything is written.
         let max_hops = self.levels.spec().max_hops();
@@ -603,7 +582,6 @@ impl Run {
         let chunk_max = plan.nodes.values().map(|n| n.depth).max().unwrap_or(0);
         self.summary.max_chain_after = self.summary.max_chain_after.max(chunk_max);
         self.after = report.last;
-        self.recent = recent;
         if let Some(r) = self.remaining.as_mut() {
             *r -= report.groups;
         }
