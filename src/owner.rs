@@ -191,6 +191,18 @@ impl StateTables {
         if self.has_tool_tables {
             return Ok(());
         }
+        // CREATE TABLE IF NOT EXISTS is not safe against itself: two sessions creating
+        // the same table at once both insert its row type, and the second fails with
+        // 23505 on pg_type's unique index once the first commits. The first creator
+        // holds this lock until it commits; the next then finds the tables.
+        client
+            .select(
+                "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('synapse_compress: the tool''s tables'))",
+                None,
+                &[],
+            )
+            .map_err(spi)?;
+        free_result();
         for ddl in [
             "CREATE TABLE IF NOT EXISTS @s.state_compressor_state ( \
                  room_id TEXT NOT NULL, level_num INT NOT NULL, max_size INT NOT NULL, \
