@@ -126,6 +126,7 @@ pub fn room_options(
         after_group,
         max_groups,
         memory_limit: gucs::memory_limit(),
+        recent_choice: true,
     };
     opts.validate().unwrap_or_else(|e| raise(e));
     opts
@@ -184,6 +185,8 @@ fn run(room: &str, opts: Options, dry_run: bool, min_saved_rows: i64) -> Result<
         let access = if dry_run { Access::Read } else { Access::Write };
         let mut tables = StateTables::resolve(client, access)?;
         if !dry_run {
+            // Before any lock: creating them may wait for another creator.
+            tables.owner().run(|| tables.ensure_tool_tables(client))?;
             lock_room(client, room);
         }
         let summary = tables

@@ -186,7 +186,9 @@ impl StateTables {
     }
 
     /// Create the existing tool's tables, with its exact shapes, where it would: in the
-    /// state tables' schema, owned by their owner. Call inside `Owner::run`.
+    /// state tables' schema, owned by their owner. Call inside `Owner::run`, before any
+    /// of Synapse's rows is locked (it may wait): `compress_room` and `begin_run` do, so
+    /// saving progress later finds them.
     pub fn ensure_tool_tables(&mut self, client: &mut SpiClient<'_>) -> Result<()> {
         if self.has_tool_tables {
             return Ok(());

@@ -184,7 +184,10 @@ pub fn begin_run(client: &mut SpiClient<'_>, source: Source) -> Result<i64> {
         &[],
     )?
     .ok_or_else(|| Error::Store("synapse_compress.control has no row".into()))?;
-    let tables = StateTables::resolve(client, Access::Write)?;
+    let mut tables = StateTables::resolve(client, Access::Write)?;
+    // Here, before any chunk holds Synapse's rows: creating them may wait for another
+    // creator, and a chunk never waits while it holds a lock.
+    tables.owner().run(|| tables.ensure_tool_tables(client))?;
     let (upto, snapshot, new_groups) = tables
         .owner()
         .run(|| count_new_groups(client, &tables, scanned))?;

@@ -70,7 +70,7 @@ fn plan_chunk(c: &mut Criterion) {
             b.iter(|| {
                 let mut levels = Levels::new(&spec);
                 // The whole room is one chunk: no group outside it is ever asked for.
-                let plan = planner::plan_chunk(inputs, &mut levels, &mut |id| {
+                let plan = planner::plan_chunk(inputs, &mut levels, true, &mut |id| {
                     Err(Error::Store(format!("group {id} is outside the chunk")))
                 })
                 .expect("plan");

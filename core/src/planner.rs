@@ -11,7 +11,17 @@
 //! - the branch choice: the group's stored predecessor, i.e. its real branch, or the
 //!   nearest of its ancestors in the new tree that is shallow enough (below).
 //!
-//! With neither, the group becomes a full snapshot (a forced snapshot).
+//! A group with no stored predecessor (a snapshot Synapse wrote, or a group its
+//! deletion loop "de-deltaed") has no branch to follow, and in rooms with forks the
+//! level choice restates a whole branch. So when the level choice costs more than
+//! `RECENT_MIN_COST` rows, such a group (and one that would otherwise be a forced
+//! snapshot) also tries the recent choice: among the last `RECENT_GROUPS` groups
+//! placed in the same call (one slice of a chunk, whose states are in memory anyway:
+//! nothing is read for it), the one with the smallest delta whose keys are a subset
+//! of the group's, within the same depth budget. A de-deltaed group was usually
+//! written a few groups after its old predecessor.
+//!
+//! With none of these, the group becomes a full snapshot (a forced snapshot).
 //!
 //! In rooms with forks (federation forks, spam joins, backfilled roots) consecutive
 //! groups belong to different branches, so the level choice alone restates whole
@@ -22,9 +32,12 @@
 //! than that (nor than the level choice), so every group is at most as deep as in the
 //! existing tool's tree: chains stay within the sum of the level sizes, level heads
 //! within what saved levels promise, and reads no slower than the existing tool's
-//! tree. Only the levels carry over between chunks; everything else comes from the
-//! new tree as it stands, so results do not depend on chunk boundaries.
+//! tree. Only the levels carry over between chunks; the level and branch choices come
+//! from the new tree as it stands, whatever the chunks. The recent choice sees only
+//! its own slice, so where a slice starts can change which base a snapshot group gets
+//! (never any group's state).
 
+use std::collections::VecDeque;
 use std::rc::Rc;
 
 use crate::error::Result;
@@ -32,6 +45,12 @@ use crate::hash::FxHashMap;
 use crate::levels::Levels;
 use crate::model::GroupId;
 use crate::state::State;
+
+/// Groups the recent choice looks back over (see the module doc).
+pub const RECENT_GROUPS: usize = 32;
+/// The recent choice is tried only when the other choices' delta has more rows: a
+/// snapshot in a linear chain is one row from its level choice already.
+pub const RECENT_MIN_COST: usize = 2;
 
 /// Why a group is left exactly as it is and never used as a base.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -154,15 +173,18 @@ pub struct ChunkPlan {
     pub nodes: FxHashMap<GroupId, Rc<Node>>,
 }
 
-/// Plan one chunk. `outside` gives the node of a group below the chunk as the new
-/// tree stands (from earlier chunks or the database).
+/// Plan one chunk. `recent_choice`: whether snapshot groups try it (module doc).
+/// `outside` gives the node of a group below the chunk as the new tree stands (from
+/// earlier chunks or the database).
 pub fn plan_chunk(
     inputs: &[Input],
     levels: &mut Levels,
+    recent_choice: bool,
     outside: &mut dyn FnMut(GroupId) -> Result<Rc<Node>>,
 ) -> Result<ChunkPlan> {
     let mut nodes: FxHashMap<GroupId, Rc<Node>> = FxHashMap::default();
     let mut planned = Vec::with_capacity(inputs.len());
+    let mut recent: VecDeque<GroupId> = VecDeque::with_capacity(RECENT_GROUPS);
     for input in inputs {
         let state = match (&input.skip, &input.state) {
             (None, Some(state)) => state,
@@ -241,6 +263,27 @@ pub fn plan_chunk(
                 walk = n.prev;
                 hops += 1;
             }
+            // The recent choice (see the module doc): only this call's nodes.
+            if recent_choice
+                && (input.orig_prev.is_none() || best.is_none())
+                && best_cost > RECENT_MIN_COST
+            {
+                for b in recent.iter().rev() {
+                    let n = &nodes[b];
+                    // A delta holds at least the keys the base lacks.
+                    if n.depth + 1 > budget
+                        || state.len().saturating_sub(n.state.len()) >= best_cost
+                        || !n.state.keys_subset_of(state)
+                    {
+                        continue;
+                    }
+                    let cost = state.delta_len(&n.state);
+                    if cost < best_cost {
+                        best_cost = cost;
+                        best = Some((*b, n.clone()));
+                    }
+                }
+            }
             let base = best.as_ref().map(|(id, _)| *id);
             let delta = match &best {
                 Some((_, n)) => state.delta_from(&n.state),
@@ -264,6 +307,10 @@ pub fn plan_chunk(
                 )
             }
         };
+        if recent.len() == RECENT_GROUPS {
+            recent.pop_front();
+        }
+        recent.push_back(input.id);
         nodes.insert(
             input.id,
             Rc::new(Node {

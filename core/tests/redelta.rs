@@ -157,17 +157,15 @@ fn redelta_figures() -> (usize, usize, usize, usize) {
     (rows_start, rows_first, rows_dedelta, rows_next)
 }
 
-/// Issue 12 aims at 5%; the planner reaches about +7% here (the e2e case: +5.6%). A
-/// recent-groups base choice reached +2.9% but re-read up to 128 candidates' states
-/// per snapshot group, which a 200,000-member room could not afford under its memory
-/// limit; it was taken out. Asserted: 10%, as the e2e case.
+/// Issue 12 asks for 5%. Without the planner's recent choice this data came back at
+/// +7% (a de-deltaed group has no stored predecessor to follow); with it, +3.7%.
 #[test]
-fn after_a_de_delta_the_next_run_comes_back_within_10_percent() {
+fn after_a_de_delta_the_next_run_comes_back_within_5_percent() {
     let (start, first, dedelta, next) = redelta_figures();
     assert!(first < start, "the first run compressed");
     assert!(dedelta > 2 * first, "the de-delta grew the rows");
     assert!(
-        next * 100 <= first * 110,
-        "rows {next} not within 10% of the first run's {first}"
+        next * 100 <= first * 105,
+        "rows {next} not within 5% of the first run's {first}"
     );
 }

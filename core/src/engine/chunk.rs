@@ -97,6 +97,7 @@ pub fn compress_chunk(
             after_group: None,
             max_groups: Some(size as i64),
             memory_limit: limits.memory_limit,
+            recent_choice: true,
         };
         let after = progress.last_compressed;
         let mut run = Run::resume(room, opts, levels.clone(), after, limits.upto)?;

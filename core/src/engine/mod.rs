@@ -53,6 +53,10 @@ pub struct Options {
     pub max_groups: Option<i64>,
     /// Bytes the engine may hold at once (see `memory`).
     pub memory_limit: usize,
+    /// The planner's recent choice for snapshot groups (see `planner`). Always on in
+    /// the extension; tests turn it off to check that everything else is independent
+    /// of chunk and slice boundaries, as the recent choice alone is not.
+    pub recent_choice: bool,
 }
 
 impl Options {

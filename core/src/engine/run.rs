@@ -451,8 +451,12 @@ impl Run {
         }
         drop(states);
 
-        let plan =
-            planner::plan_chunk(&inputs, &mut self.levels, &mut |id| outside.node(store, id))?;
+        let plan = planner::plan_chunk(
+            &inputs,
+            &mut self.levels,
+            self.opts.recent_choice,
+            &mut |id| outside.node(store, id),
+        )?;
 
         // Verify every rewrite against the original state before anything is written.
         let max_hops = self.levels.spec().max_hops();

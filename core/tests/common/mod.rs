@@ -58,6 +58,7 @@ pub fn opts(levels: &str, chunk: usize) -> Options {
         after_group: None,
         max_groups: None,
         memory_limit: engine::DEFAULT_MEMORY_LIMIT,
+        recent_choice: true,
     }
 }
 

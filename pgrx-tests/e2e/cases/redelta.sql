@@ -85,11 +85,11 @@ CALL compress_database();
 SELECT sc_test.rows_total() AS rows_next \gset
 SELECT sc_test.check(chunks > 0, 'the next run compressed again')
   FROM synapse_compress.runs ORDER BY run_id DESC LIMIT 1;
--- The issue asks for 5%; measured: 5.6% (24334 vs 23033 rows). A de-deltaed group
--- lost its stored predecessor, which the planner's branch choice uses in rooms with
--- forks, so its new place can cost more than the first tree's. Asserted: 10%.
-SELECT sc_test.check(:rows_next <= :rows_first * 1.10,
-                     format('rows back within 10%% of the first run''s result (%s vs %s)', :rows_next, :rows_first));
+-- A de-deltaed group lost its stored predecessor, which the planner's branch choice
+-- follows in rooms with forks; its recent choice finds a base among the last groups
+-- instead. Measured: +4.2% (23997 vs 23029 rows; +5.6% without the recent choice).
+SELECT sc_test.check(:rows_next <= :rows_first * 1.05,
+                     format('rows back within 5%% of the first run''s result (%s vs %s)', :rows_next, :rows_first));
 CALL sc_test.assert_same_state();
 CALL sc_test.assert_tree(175);
 
