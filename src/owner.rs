@@ -214,12 +214,29 @@ impl StateTables {
             "CREATE TABLE IF NOT EXISTS @s.state_compressor_total_progress ( \
                  lock CHAR(1) NOT NULL DEFAULT 'X' UNIQUE, \
                  lowest_uncompressed_group BIGINT NOT NULL, CHECK (lock = 'X'))",
-            "INSERT INTO @s.state_compressor_total_progress (lowest_uncompressed_group) \
-             SELECT 0 WHERE NOT EXISTS (SELECT FROM @s.state_compressor_total_progress)",
         ] {
             client.update(&self.sql(ddl), None, &[]).map_err(spi)?;
             free_result();
         }
+        // The tool's one row, inserted by whoever created the table. At REPEATABLE READ
+        // a table another session created (and filled) after this snapshot is found by
+        // the CREATE above, but neither its pg_class row nor its row is visible:
+        // inserting would then fail with 23505, so it is skipped. (Created here, or
+        // before the snapshot, its pg_class row is visible and NOT EXISTS is exact.)
+        let table = format!("{}.state_compressor_total_progress", self.schema);
+        client
+            .update(
+                &self.sql(
+                    "INSERT INTO @s.state_compressor_total_progress (lowest_uncompressed_group) \
+                     SELECT 0 WHERE NOT EXISTS (SELECT FROM @s.state_compressor_total_progress) \
+                       AND EXISTS (SELECT FROM pg_catalog.pg_class \
+                                   WHERE oid = $1::pg_catalog.text::pg_catalog.regclass)",
+                ),
+                None,
+                &[table.as_str().into()],
+            )
+            .map_err(spi)?;
+        free_result();
         self.has_tool_tables = true;
         Ok(())
     }
