@@ -66,6 +66,15 @@ pub trait Store {
     ) -> Result<Chunk>;
     /// `max_bytes` as for `load_chunk`.
     fn load_chain(&mut self, group: GroupId, max_hops: usize, max_bytes: usize) -> Result<Chain>;
+    /// Hops on the chain `load_chain` would return (its groups less one). A store can
+    /// count them from the edges alone; this default reads the rows too.
+    fn chain_hops(&mut self, group: GroupId, max_hops: usize, max_bytes: usize) -> Result<usize> {
+        Ok(self
+            .load_chain(group, max_hops, max_bytes)?
+            .groups
+            .len()
+            .saturating_sub(1))
+    }
     /// Every group reached over stored edges, at any depth, from a malformed group of
     /// the room (one with several predecessors, or with one not lower than itself) or
     /// from a group outside the room with an edge into it. Synapse resolves a

@@ -173,6 +173,25 @@ impl<'a, 'conn> SpiStore<'a, 'conn> {
         Ok(ids.into_iter().flatten().collect())
     }
 
+    /// The ids on `group`'s stored chain (bounded: corrupt data may hold cycles or
+    /// forks), in no particular order.
+    fn chain_ids(&self, group: GroupId, max_hops: usize) -> Result<Vec<GroupId>> {
+        self.ids(
+            "WITH RECURSIVE chain(state_group, hops) AS ( \
+                 SELECT $1::bigint, 0 \
+               UNION ALL \
+                 SELECT e.prev_state_group, c.hops + 1 \
+                 FROM @s.state_group_edges e JOIN chain c ON e.state_group = c.state_group \
+                 WHERE c.hops < $2 \
+             ) SELECT DISTINCT state_group FROM (SELECT state_group FROM chain LIMIT $3) s",
+            &[
+                group.into(),
+                (max_hops as i32).into(),
+                (2 * max_hops as i64 + 2).into(),
+            ],
+        )
+    }
+
     fn one<T: IntoDatum + FromDatum>(&self, sql: &str, args: &[DatumWithOid]) -> Result<Option<T>> {
         let mut vals = self.query(sql, args, |row| row.get::<T>(1).map_err(spi))?;
         Ok(if vals.is_empty() {
@@ -366,43 +385,40 @@ impl Store for SpiStore<'_, '_> {
     }
 
     fn load_chain(&mut self, group: GroupId, max_hops: usize, max_bytes: usize) -> Result<Chain> {
-        // The ids on the stored chain (bounded: corrupt data may hold cycles or forks),
-        // then their edges and rows; the engine checks the chain's shape.
+        // The ids on the stored chain, then their edges and rows; the engine checks the
+        // chain's shape.
         self.scratch(|s| {
-            let ids = s.ids(
-                "WITH RECURSIVE chain(state_group, hops) AS ( \
-                     SELECT $1::bigint, 0 \
-                   UNION ALL \
-                     SELECT e.prev_state_group, c.hops + 1 \
-                     FROM @s.state_group_edges e JOIN chain c ON e.state_group = c.state_group \
-                     WHERE c.hops < $2 \
-                 ) SELECT DISTINCT state_group FROM (SELECT state_group FROM chain LIMIT $3) s",
-                &[
-                    group.into(),
-                    (max_hops as i32).into(),
-                    (2 * max_hops as i64 + 2).into(),
-                ],
-            )?;
+            let ids = s.chain_ids(group, max_hops)?;
             let mut by_id: FxHashMap<GroupId, RawGroup> = s
                 .load_groups(&ids, max_bytes)?
                 .into_iter()
                 .map(|g| (g.id, g))
                 .collect();
-            let mut groups = Vec::new();
-            let mut cur = Some(group);
-            while let Some(id) = cur {
-                let Some(g) = by_id.remove(&id) else { break };
-                cur = match g.prevs.as_slice() {
-                    [p] if groups.len() < max_hops => Some(*p),
-                    _ => None,
-                };
-                groups.push(g);
-            }
+            let walked = walk_chain(group, max_hops, |id| by_id.get(&id).map(|g| &g.prevs[..]));
+            let groups = walked.iter().filter_map(|id| by_id.remove(id)).collect();
             let head_frozen = s.frozen(&[group])?.contains(&group);
             Ok(Chain {
                 groups,
                 head_frozen,
             })
+        })
+    }
+
+    fn chain_hops(&mut self, group: GroupId, max_hops: usize, _max_bytes: usize) -> Result<usize> {
+        // As `load_chain`, from the edges alone: no rows are read.
+        self.scratch(|s| {
+            let ids = s.chain_ids(group, max_hops)?;
+            let mut prevs: FxHashMap<GroupId, Vec<GroupId>> =
+                ids.iter().map(|&id| (id, Vec::new())).collect();
+            s.query(LOAD_EDGES, &[ids.clone().into()], |row| {
+                let id: GroupId = row.get(1).map_err(spi)?.unwrap_or_default();
+                if let (Some(ps), Some(p)) = (prevs.get_mut(&id), row.get::<i64>(2).map_err(spi)?) {
+                    ps.push(p);
+                }
+                Ok(())
+            })?;
+            let walked = walk_chain(group, max_hops, |id| prevs.get(&id).map(|ps| &ps[..]));
+            Ok(walked.len().saturating_sub(1))
         })
     }
 
@@ -534,4 +550,29 @@ impl Store for SpiStore<'_, '_> {
     fn check_interrupts(&mut self) {
         pgrx::check_for_interrupts!();
     }
+}
+
+/// The groups of `group`'s chain as `Store::load_chain` returns them: from the group,
+/// following single edges to groups that were read (`prevs_of` gives `None` for the
+/// others), at most `max_hops` hops, ending before a group seen already (a cycle).
+fn walk_chain<'a>(
+    group: GroupId,
+    max_hops: usize,
+    prevs_of: impl Fn(GroupId) -> Option<&'a [GroupId]>,
+) -> Vec<GroupId> {
+    let mut walked = Vec::new();
+    let mut seen = FxHashSet::default();
+    let mut cur = Some(group);
+    while let Some(id) = cur {
+        if !seen.insert(id) {
+            break;
+        }
+        let Some(prevs) = prevs_of(id) else { break };
+        cur = match prevs {
+            [p] if walked.len() < max_hops => Some(*p),
+            _ => None,
+        };
+        walked.push(id);
+    }
+    walked
 }

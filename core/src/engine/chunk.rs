@@ -173,9 +173,8 @@ fn heads_match_tree(store: &mut dyn Store, levels: &[Level], memory_limit: usize
             .iter()
             .map(|l| l.current_length.saturating_sub(1))
             .sum();
-        let chain = store.load_chain(head, MAX_RESOLVE_HOPS, memory_limit)?;
         // A missing or broken head is harmless: the planner will not build on it.
-        if chain.groups.len().saturating_sub(1) > bound as usize {
+        if store.chain_hops(head, MAX_RESOLVE_HOPS, memory_limit)? > bound as usize {
             return Ok(false);
         }
     }
