@@ -66,6 +66,23 @@ pub trait Store {
     ) -> Result<Chunk>;
     /// `max_bytes` as for `load_chunk`.
     fn load_chain(&mut self, group: GroupId, max_hops: usize, max_bytes: usize) -> Result<Chain>;
+    /// As `load_chain`, but ending above the first group after `group` for which
+    /// `known` holds: the last group returned then has that group as its predecessor,
+    /// and its rows are not read (the engine already resolved it). A store can read
+    /// just the groups above it; this default reads the whole chain and drops the rest.
+    fn load_chain_above(
+        &mut self,
+        group: GroupId,
+        max_hops: usize,
+        max_bytes: usize,
+        known: &dyn Fn(GroupId) -> bool,
+    ) -> Result<Chain> {
+        let mut chain = self.load_chain(group, max_hops, max_bytes)?;
+        if let Some(i) = chain.groups.iter().skip(1).position(|g| known(g.id)) {
+            chain.groups.truncate(i + 1);
+        }
+        Ok(chain)
+    }
     /// Hops on the chain `load_chain` would return (its groups less one). A store can
     /// count them from the edges alone; this default reads the rows too.
     fn chain_hops(&mut self, group: GroupId, max_hops: usize, max_bytes: usize) -> Result<usize> {

@@ -174,7 +174,7 @@ impl<'a, 'conn> SpiStore<'a, 'conn> {
     }
 
     /// The ids on `group`'s stored chain (bounded: corrupt data may hold cycles or
-    /// forks), in no particular order.
+    /// forks), nearest first: each at the fewest hops it is reached in.
     fn chain_ids(&self, group: GroupId, max_hops: usize) -> Result<Vec<GroupId>> {
         self.ids(
             "WITH RECURSIVE chain(state_group, hops) AS ( \
@@ -183,7 +183,8 @@ impl<'a, 'conn> SpiStore<'a, 'conn> {
                  SELECT e.prev_state_group, c.hops + 1 \
                  FROM @s.state_group_edges e JOIN chain c ON e.state_group = c.state_group \
                  WHERE c.hops < $2 \
-             ) SELECT DISTINCT state_group FROM (SELECT state_group FROM chain LIMIT $3) s",
+             ) SELECT state_group FROM (SELECT state_group, hops FROM chain LIMIT $3) s \
+             GROUP BY state_group ORDER BY min(hops)",
             &[
                 group.into(),
                 (max_hops as i32).into(),
@@ -385,10 +386,23 @@ impl Store for SpiStore<'_, '_> {
     }
 
     fn load_chain(&mut self, group: GroupId, max_hops: usize, max_bytes: usize) -> Result<Chain> {
-        // The ids on the stored chain, then their edges and rows; the engine checks the
-        // chain's shape.
+        self.load_chain_above(group, max_hops, max_bytes, &|_| false)
+    }
+
+    fn load_chain_above(
+        &mut self,
+        group: GroupId,
+        max_hops: usize,
+        max_bytes: usize,
+        known: &dyn Fn(GroupId) -> bool,
+    ) -> Result<Chain> {
+        // The ids on the stored chain, nearest first, down to the first known one; then
+        // their edges and rows. The engine checks the chain's shape.
         self.scratch(|s| {
-            let ids = s.chain_ids(group, max_hops)?;
+            let mut ids = s.chain_ids(group, max_hops)?;
+            if let Some(i) = ids.iter().skip(1).position(|&id| known(id)) {
+                ids.truncate(i + 1);
+            }
             let mut by_id: FxHashMap<GroupId, RawGroup> = s
                 .load_groups(&ids, max_bytes)?
                 .into_iter()

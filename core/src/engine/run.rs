@@ -377,6 +377,12 @@ impl Run {
             budget: &mut self.budget,
             dict_bytes,
         };
+        // The level heads first, top level down: each head's stored chain runs through
+        // the heads above it, so each lookup reads only the rows above the last one
+        // (a run resumed for a chunk has none of them carried).
+        for head in self.levels.levels().iter().rev().filter_map(|l| l.head) {
+            let _ = outside.lookup(store, head)?;
+        }
 
         // Resolve every group's stored state, in id order, from its predecessor's.
         let mut states: FxHashMap<GroupId, Option<Rc<State>>> = FxHashMap::default();
@@ -749,12 +755,24 @@ impl Outside<'_> {
         if let Some(node) = self.carry.get(&id) {
             return Ok(Ok(node.clone()));
         }
+        // The chain is read down to the first group already resolved here from its
+        // stored chain (not placed by this run, whose depth may differ from the stored
+        // one): most chains of a slice share all but their top groups.
+        let (cache, memo) = (&self.cache, self.memo);
+        let known = |g: GroupId| !memo.contains_key(&g) && matches!(cache.get(&g), Some(Ok(_)));
         let chain = self
             .budget
-            .load(|max| store.load_chain(id, MAX_RESOLVE_HOPS, max))?;
+            .load(|max| store.load_chain_above(id, MAX_RESOLVE_HOPS, max, &known))?;
         let raw: usize = charge_loaded(self.budget, &chain.groups)?.iter().sum();
         let in_room = chain.groups.first().and_then(|g| g.room_id.as_deref()) == Some(self.room);
-        let folded = fold_chain(self.dict, &chain, id);
+        let below = match chain.groups.last().map(|g| g.prevs.as_slice()) {
+            Some(&[p]) if known(p) => match self.cache.get(&p) {
+                Some(Ok(node)) => Some((p, node.clone())),
+                _ => None,
+            },
+            _ => None,
+        };
+        let folded = fold_chain(self.dict, &chain, id, below);
         drop(chain);
         self.budget.release(raw);
         self.charge_dict()?;
@@ -788,18 +806,25 @@ impl Outside<'_> {
 /// Only chains where that equals "nearest group wins" are accepted (single edges,
 /// strictly decreasing ids); anything else is reported, not guessed. Returns the
 /// state, depth, predecessor, and whether the group is not frozen.
+///
+/// `below`: the group the chain was read down to (`Store::load_chain_above`), already
+/// resolved from its own stored chain; the chain's last group must have it as its one
+/// predecessor, and the result is as if the whole chain had been read.
 fn fold_chain(
     dict: &mut Dictionary,
     chain: &Chain,
     id: GroupId,
+    below: Option<(GroupId, Rc<Node>)>,
 ) -> std::result::Result<(State, u32, Option<GroupId>, bool), Broken> {
     let gs = &chain.groups;
     if gs.first().map(|g| g.id) != Some(id) {
         return Err(Broken::NotLoaded(id));
     }
+    let below_id = below.as_ref().map(|(b, _)| *b);
     for (i, g) in gs.iter().enumerate() {
         match g.prevs.as_slice() {
-            [] if i + 1 == gs.len() => {}
+            [] if i + 1 == gs.len() && below.is_none() => {}
+            [p] if i + 1 == gs.len() && Some(*p) == below_id && *p < g.id => {}
             [] => return Err(Broken::InconsistentChain),
             [p] if *p >= g.id => {
                 return Err(Broken::ChainPredecessorNotLower {
@@ -817,17 +842,18 @@ fn fold_chain(
             }
         }
     }
-    let mut state = State::default();
+    // Hops on the whole chain, as a full read would have found them (and refused them
+    // beyond `MAX_RESOLVE_HOPS`).
+    let hops = (gs.len() - 1) + below.as_ref().map_or(0, |(_, n)| 1 + n.depth as usize);
+    if hops > MAX_RESOLVE_HOPS {
+        return Err(Broken::CyclicOrTooLong(id));
+    }
+    let mut state = below.map_or_else(State::default, |(_, n)| (*n.state).clone());
     for g in gs.iter().rev() {
         let own =
             State::from_rows(dict, &g.rows).map_err(|_| Broken::ChainConflictingRows(g.id))?;
         state = state.overlay(&own);
     }
     let usable = !chain.head_frozen;
-    Ok((
-        state,
-        (gs.len() - 1) as u32,
-        gs[0].prevs.first().copied(),
-        usable,
-    ))
+    Ok((state, hops as u32, gs[0].prevs.first().copied(), usable))
 }
