@@ -9,16 +9,16 @@
 //! recorded with its error and retried later with backoff; other rooms go on.
 
 use std::cell::RefCell;
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use pgrx::datum::DatumWithOid;
 use pgrx::spi::SpiClient;
 use pgrx::{pg_sys, FromDatum, IntoDatum};
-use synapse_compress_core::engine::{self, ChunkLimits, ChunkOutcome, ChunkResult, Progress};
-use synapse_compress_core::hash::FxHashSet;
+use synapse_compress_core::engine::{
+    self, Carried, ChunkLimits, ChunkOutcome, ChunkResult, Progress,
+};
 use synapse_compress_core::schedule::{self as policy, Boundary, Budget, Outcome, RunEnd};
-use synapse_compress_core::{Error, GroupId, LevelSpec, Levels, Result};
+use synapse_compress_core::{Error, LevelSpec, Levels, Result};
 
 use crate::owner::{Access, StateTables};
 use crate::spi::guard;
@@ -331,17 +331,17 @@ fn report_activity(text: &str) {
     }
 }
 
-/// A room's `Store::tangled` groups as the run's first chunk of it found them: reading
-/// them scans the room, too slow for every chunk of a large one. They only change if
-/// corruption appears mid-run.
-struct Tangled {
+/// What a room's last chunk of this run handed on (`engine::Carried`): its tangled
+/// groups, whose scan of the room is too slow for every chunk of a large one (they
+/// only change if corruption appears mid-run), and its slice sizing.
+struct LastChunk {
     run: i64,
     room: String,
-    groups: Rc<FxHashSet<GroupId>>,
+    carried: Carried,
 }
 
 thread_local! {
-    static TANGLED: RefCell<Option<Tangled>> = const { RefCell::new(None) };
+    static LAST_CHUNK: RefCell<Option<LastChunk>> = const { RefCell::new(None) };
 }
 
 /// What a run's driver does after a step.
@@ -452,13 +452,21 @@ fn run_chunk(client: &mut SpiClient<'_>, run: i64, row: RunRow) -> Result<Step> 
         memory_limit: gucs::memory_limit(),
     };
     let started = Instant::now();
-    let tangled = TANGLED.with(|t| match &*t.borrow() {
-        Some(t) if t.run == run && t.room == room => Some(t.groups.clone()),
-        _ => None,
+    let carried = LAST_CHUNK.with(|t| match &*t.borrow() {
+        Some(t) if t.run == run && t.room == room => t.carried.clone(),
+        _ => Carried::default(),
     });
     let result = guard::contained(|| {
         owner.run(|| {
-            compress_chunk_as_owner(client, &mut tables, &room, &progress, limits, &tangled, run)
+            compress_chunk_as_owner(
+                client,
+                &mut tables,
+                &room,
+                &progress,
+                limits,
+                carried.clone(),
+                run,
+            )
         })
     });
     let elapsed_ms = started.elapsed().as_millis() as i64;
@@ -617,19 +625,17 @@ fn compress_chunk_as_owner(
     room: &str,
     progress: &Progress,
     limits: ChunkLimits,
-    tangled: &Option<Rc<FxHashSet<GroupId>>>,
+    carried: Carried,
     run: i64,
 ) -> Result<ChunkResult> {
     let mut store = SpiStore::new(client, tables, true).map_err(spi)?;
-    let r = engine::compress_chunk(&mut store, room, progress, limits, tangled.clone())?;
-    if let Some(set) = &r.tangled {
-        let found = Tangled {
-            run,
-            room: room.to_string(),
-            groups: set.clone(),
-        };
-        TANGLED.with(|t| *t.borrow_mut() = Some(found));
-    }
+    let r = engine::compress_chunk(&mut store, room, progress, limits, carried)?;
+    let last = LastChunk {
+        run,
+        room: room.to_string(),
+        carried: r.carried.clone(),
+    };
+    LAST_CHUNK.with(|t| *t.borrow_mut() = Some(last));
     drop(store);
     progress::save(client, tables, room, &r.progress)?;
     Ok(r)

@@ -34,8 +34,8 @@ pub struct Chunk {
 #[derive(Clone, Debug, Default)]
 pub struct Chain {
     pub groups: Vec<RawGroup>,
-    /// The first group is pending deletion or being persisted.
-    pub head_frozen: bool,
+    /// Those of its groups pending deletion or being persisted.
+    pub frozen: FxHashSet<GroupId>,
 }
 
 /// The new edge and rows of one rewritten group.

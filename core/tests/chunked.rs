@@ -6,7 +6,7 @@ mod common;
 use common::*;
 
 use synapse_compress_core::engine::DEFAULT_MEMORY_LIMIT;
-use synapse_compress_core::engine::{compress_chunk, ChunkLimits, ChunkOutcome, Progress};
+use synapse_compress_core::engine::{compress_chunk, Carried, ChunkLimits, ChunkOutcome, Progress};
 use synapse_compress_core::{GroupId, LevelSpec, Levels, RawGroup, StateRow};
 use synapse_compress_testkit::generator;
 use synapse_compress_testkit::memstore::MemStore;
@@ -35,11 +35,11 @@ fn fresh(levels: &str) -> Progress {
 /// Compress `room` chunk by chunk up to `upto`; returns the outcomes.
 fn drain(s: &mut MemStore, room: &str, p: &mut Progress, limits: ChunkLimits) -> Vec<ChunkOutcome> {
     let mut out = Vec::new();
-    let mut tangled = None;
+    let mut carried = Carried::default();
     for _ in 0..100_000 {
         let rows = total_rows(s);
-        let r = compress_chunk(s, room, p, limits, tangled.take()).expect("chunk");
-        tangled = r.tangled.clone();
+        let r = compress_chunk(s, room, p, limits, std::mem::take(&mut carried)).expect("chunk");
+        carried = r.carried.clone();
         assert!(total_rows(s) <= rows, "a chunk made the room grow");
         if let ChunkOutcome::NotSaved { .. } = r.outcome {
             assert_eq!(total_rows(s), rows, "an undone chunk left writes");
@@ -222,7 +222,7 @@ fn an_undone_chunk_never_leaves_chains_beyond_the_bound() {
         last_compressed: 2,
         levels: Levels::new(&LevelSpec::parse(levels).unwrap()),
     };
-    let r = compress_chunk(&mut s, "!r:hs", &p, limits, None).expect("chunk");
+    let r = compress_chunk(&mut s, "!r:hs", &p, limits, Carried::default()).expect("chunk");
     assert!(
         matches!(&r.outcome, ChunkOutcome::Written(rep) if rep.last == 2402 && rep.changed > 0),
         "{:?}",
@@ -240,7 +240,7 @@ fn an_undone_chunk_never_leaves_chains_beyond_the_bound() {
     // The second chunk does not pay (the minimum is out of reach).
     limits.min_saved_rows = 1_000_000;
     let before = s.clone();
-    let r = compress_chunk(&mut s, "!r:hs", &r.progress, limits, r.tangled).expect("chunk");
+    let r = compress_chunk(&mut s, "!r:hs", &r.progress, limits, r.carried).expect("chunk");
     check_invariants(&before, &s, bound);
     check_invariants(&original, &s, bound);
     assert!(
@@ -253,7 +253,8 @@ fn an_undone_chunk_never_leaves_chains_beyond_the_bound() {
 
     // A chunk whose undo leaves chains within the bound is still undone.
     let mut s = original.clone();
-    let r = compress_chunk(&mut s, "!r:hs", &fresh(levels), limits, None).expect("chunk");
+    let r =
+        compress_chunk(&mut s, "!r:hs", &fresh(levels), limits, Carried::default()).expect("chunk");
     assert!(
         matches!(r.outcome, ChunkOutcome::NotSaved { .. }),
         "{:?}",
@@ -284,7 +285,7 @@ fn stale_saved_levels_are_detected_and_restarted() {
         min_saved_rows: 0,
         memory_limit: DEFAULT_MEMORY_LIMIT,
     };
-    let r = compress_chunk(&mut s, "!r:hs", &p, limits, None).unwrap();
+    let r = compress_chunk(&mut s, "!r:hs", &p, limits, Carried::default()).unwrap();
     assert!(r.levels_reset, "deep heads went unnoticed");
     check_invariants(&before, &s, 600);
     let mut p = r.progress;
@@ -325,7 +326,14 @@ fn a_chunk_read_in_slices_is_still_full() {
         min_saved_rows: 0,
         memory_limit: DEFAULT_MEMORY_LIMIT,
     };
-    let r = compress_chunk(&mut s, "!r:hs", &fresh("100,50,25"), limits, None).unwrap();
+    let r = compress_chunk(
+        &mut s,
+        "!r:hs",
+        &fresh("100,50,25"),
+        limits,
+        Carried::default(),
+    )
+    .unwrap();
     let groups = match &r.outcome {
         ChunkOutcome::Written(rep) | ChunkOutcome::NotSaved { report: rep, .. } => rep.groups,
         ChunkOutcome::Done => 0,
@@ -361,7 +369,8 @@ fn chunk_reports_list_the_snapshots_they_leave() {
             let mut p = fresh("10,5");
             loop {
                 let before = s.clone();
-                let r = compress_chunk(&mut s, room, &p, limits, None).expect("chunk");
+                let r =
+                    compress_chunk(&mut s, room, &p, limits, Carried::default()).expect("chunk");
                 p = r.progress;
                 let (rep, listed) = match &r.outcome {
                     ChunkOutcome::Done => break,

@@ -9,7 +9,7 @@ mod common;
 use common::*;
 
 use synapse_compress_core::engine::{self, DEFAULT_MEMORY_LIMIT};
-use synapse_compress_core::engine::{compress_chunk, ChunkLimits, Progress};
+use synapse_compress_core::engine::{compress_chunk, Carried, ChunkLimits, Progress};
 use synapse_compress_core::{Error, LevelSpec, Levels};
 use synapse_compress_testkit::generator;
 use synapse_compress_testkit::memstore::MemStore;
@@ -168,7 +168,7 @@ fn a_group_that_cannot_fit_alone_fails_with_nothing_written() {
         min_saved_rows: 0,
         memory_limit: 64 << 10,
     };
-    let err = compress_chunk(&mut s, room, &progress, limits, None).unwrap_err();
+    let err = compress_chunk(&mut s, room, &progress, limits, Carried::default()).unwrap_err();
     assert!(matches!(err, Error::MemoryLimit { .. }), "{err:?}");
     assert!(s.tables == base.tables, "compress_chunk wrote");
 

@@ -12,7 +12,7 @@ use common::*;
 use std::collections::BTreeSet;
 
 use synapse_compress_core::engine::DEFAULT_MEMORY_LIMIT;
-use synapse_compress_core::engine::{compress_chunk, ChunkLimits, ChunkOutcome, Progress};
+use synapse_compress_core::engine::{compress_chunk, Carried, ChunkLimits, ChunkOutcome, Progress};
 use synapse_compress_core::{GroupId, LevelSpec, Levels};
 use synapse_compress_testkit::generator;
 use synapse_compress_testkit::memstore::{MemStore, Resolution};
@@ -31,10 +31,11 @@ fn limits(upto: GroupId) -> ChunkLimits {
 /// Compress `room` chunk by chunk from `p` to the end, as the scheduled runs do.
 fn drain(s: &mut MemStore, room: &str, mut p: Progress) -> Progress {
     let upto = *s.tables.groups.keys().max().unwrap();
-    let mut tangled = None;
+    let mut carried = Carried::default();
     loop {
-        let r = compress_chunk(s, room, &p, limits(upto), tangled.take()).expect("chunk");
-        tangled = r.tangled.clone();
+        let r =
+            compress_chunk(s, room, &p, limits(upto), std::mem::take(&mut carried)).expect("chunk");
+        carried = r.carried.clone();
         p = r.progress;
         if let ChunkOutcome::Done = r.outcome {
             return p;

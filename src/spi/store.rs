@@ -409,12 +409,10 @@ impl Store for SpiStore<'_, '_> {
                 .map(|g| (g.id, g))
                 .collect();
             let walked = walk_chain(group, max_hops, |id| by_id.get(&id).map(|g| &g.prevs[..]));
-            let groups = walked.iter().filter_map(|id| by_id.remove(id)).collect();
-            let head_frozen = s.frozen(&[group])?.contains(&group);
-            Ok(Chain {
-                groups,
-                head_frozen,
-            })
+            let groups: Vec<RawGroup> = walked.iter().filter_map(|id| by_id.remove(id)).collect();
+            let ids: Vec<GroupId> = groups.iter().map(|g| g.id).collect();
+            let frozen = s.frozen(&ids)?;
+            Ok(Chain { groups, frozen })
         })
     }
 

@@ -202,10 +202,12 @@ impl Store for MemStore {
             }
         }
         within(&groups, max_bytes)?;
-        Ok(Chain {
-            groups,
-            head_frozen: self.frozen(group),
-        })
+        let frozen = groups
+            .iter()
+            .map(|g| g.id)
+            .filter(|&id| self.frozen(id))
+            .collect();
+        Ok(Chain { groups, frozen })
     }
 
     fn tangled(&mut self, room: &str) -> Result<FxHashSet<GroupId>> {

@@ -7,11 +7,8 @@
 //! The chunk goes through the same `Run::step` as `compress_room` (load → plan →
 //! verify → write → read back); only the bookkeeping around it lives here.
 
-use std::rc::Rc;
-
-use super::{ChunkReport, Options, Run, MAX_RESOLVE_HOPS, SYNAPSE_MAX_HOPS};
+use super::{Carried, ChunkReport, Options, Run, MAX_RESOLVE_HOPS, SYNAPSE_MAX_HOPS};
 use crate::error::Result;
-use crate::hash::FxHashSet;
 use crate::levels::{Level, Levels};
 use crate::model::GroupId;
 use crate::store::Store;
@@ -44,9 +41,8 @@ pub struct ChunkResult {
     /// The saved levels did not match the stored tree (another tool or a manual
     /// rewrite changed it), so they were restarted before this chunk.
     pub levels_reset: bool,
-    /// The room's `Store::tangled` groups, to hand to the room's next chunk of the
-    /// same run (`None` when no chunk was loaded).
-    pub tangled: Option<Rc<FxHashSet<GroupId>>>,
+    /// What to hand to the room's next chunk of the same run.
+    pub carried: Carried,
 }
 
 /// How far a chunk that would not pay is extended before it is given up.
@@ -66,14 +62,14 @@ pub struct ChunkLimits {
 }
 
 /// Compress the next chunk of `room` after `progress`, atomically: its writes are kept
-/// only if they pay off. `tangled` is what the room's previous chunk of this run
-/// returned, if any (it is read from the store otherwise).
+/// only if they pay off. `carried` is what the room's previous chunk of this run
+/// returned, if any (`Carried::default()` otherwise).
 pub fn compress_chunk(
     store: &mut dyn Store,
     room: &str,
     progress: &Progress,
     limits: ChunkLimits,
-    mut tangled: Option<Rc<FxHashSet<GroupId>>>,
+    mut carried: Carried,
 ) -> Result<ChunkResult> {
     let spec = progress.levels.spec();
     let fresh = Levels::new(&spec);
@@ -101,12 +97,10 @@ pub fn compress_chunk(
         };
         let after = progress.last_compressed;
         let mut run = Run::resume(room, opts, levels.clone(), after, limits.upto)?;
-        if let Some(t) = &tangled {
-            run.set_tangled(t.clone());
-        }
+        run.take_over(carried.clone());
         store.begin_atomic()?;
         let stepped = run.step(store);
-        tangled = run.tangled();
+        carried = run.carried();
         let report = match stepped {
             Ok(Some(report)) => report,
             Ok(None) => {
@@ -115,7 +109,7 @@ pub fn compress_chunk(
                     outcome: ChunkOutcome::Done,
                     progress: progress.clone(),
                     levels_reset: false,
-                    tangled,
+                    carried,
                 });
             }
             Err(e) => {
@@ -158,7 +152,7 @@ pub fn compress_chunk(
                 levels,
             },
             levels_reset,
-            tangled,
+            carried,
         });
     }
 }

@@ -22,7 +22,7 @@ pub use chunk::{
 };
 pub use memory::MemoryBudget;
 pub use room::{compress_room, plan_room};
-pub use run::{Checkpoint, Run};
+pub use run::{Carried, Checkpoint, Run};
 
 use crate::error::{Error, Result};
 use crate::levels::LevelSpec;

@@ -13,7 +13,7 @@ use crate::levels::Levels;
 use crate::model::{GroupId, RawGroup};
 use crate::planner::{self, Broken, Decision, Input, Node, Planned, SkipReason};
 use crate::state::{Dictionary, State, ALLOC_OVERHEAD};
-use crate::store::{Chain, Rewrite, RoomExtent, Store};
+use crate::store::{Rewrite, RoomExtent, Store};
 use crate::verify::{self, Base, Proposal};
 
 /// Groups in a run's first slice, before it has measured what a group costs (Synapse
@@ -27,6 +27,16 @@ const SLICE_GROWTH: usize = 8;
 struct Placement {
     prev: Option<GroupId>,
     depth: u32,
+}
+
+/// What a room's next chunk in the same run takes over from this one, when each chunk
+/// is a `Run` of its own (`compress_chunk`): the tangled groups, which take a scan of
+/// the room to find, and the last slice's size and cost per group, so the next chunk
+/// need not start with a small first slice. Neither decides what is written.
+#[derive(Clone, Debug, Default)]
+pub struct Carried {
+    tangled: Option<Rc<FxHashSet<GroupId>>>,
+    sizing: Option<(usize, usize)>,
 }
 
 /// A run's state before a chunk (see `Run::checkpoint`).
@@ -155,14 +165,22 @@ impl Run {
         &self.budget
     }
 
-    /// The groups this run leaves alone because a malformed group reaches them
-    /// (`Store::tangled`), once known; a caller running a room chunk by chunk in
-    /// separate `Run`s hands it on with `set_tangled` instead of reading it again.
-    pub fn tangled(&self) -> Option<Rc<FxHashSet<GroupId>>> {
-        self.tangled.clone()
+    /// What a caller running a room chunk by chunk in separate `Run`s hands on to the
+    /// next one (`take_over`) instead of finding it again.
+    pub fn carried(&self) -> Carried {
+        Carried {
+            tangled: self.tangled.clone(),
+            sizing: self.group_cost.map(|cost| (cost, self.last_slice)),
+        }
     }
-    pub fn set_tangled(&mut self, tangled: Rc<FxHashSet<GroupId>>) {
-        self.tangled = Some(tangled);
+    pub fn take_over(&mut self, carried: Carried) {
+        if carried.tangled.is_some() {
+            self.tangled = carried.tangled;
+        }
+        if let Some((cost, last)) = carried.sizing {
+            self.group_cost = Some(cost);
+            self.last_slice = last;
+        }
     }
 
     /// What a failed chunk must not leave behind: `restore` it to retry the chunk
@@ -373,6 +391,7 @@ impl Run {
             memo: &self.memo,
             carry: &self.carry,
             cache: FxHashMap::default(),
+            links: FxHashMap::default(),
             dict: &mut self.dict,
             budget: &mut self.budget,
             dict_bytes,
@@ -714,6 +733,9 @@ struct Outside<'a> {
     memo: &'a FxHashMap<GroupId, Placement>,
     carry: &'a FxHashMap<GroupId, Rc<Node>>,
     cache: FxHashMap<GroupId, std::result::Result<Rc<Node>, Broken>>,
+    /// Every group of the chains read so far, its rows interned: a lookup of a group on
+    /// a chain already read (the level choice walks down one) reads nothing.
+    links: FxHashMap<GroupId, Link>,
     dict: &'a mut Dictionary,
     budget: &'a mut MemoryBudget,
     /// What the dictionary held when last charged.
@@ -755,34 +777,15 @@ impl Outside<'_> {
         if let Some(node) = self.carry.get(&id) {
             return Ok(Ok(node.clone()));
         }
-        // The chain is read down to the first group already resolved here from its
-        // stored chain (not placed by this run, whose depth may differ from the stored
-        // one): most chains of a slice share all but their top groups.
-        let (cache, memo) = (&self.cache, self.memo);
-        let known = |g: GroupId| !memo.contains_key(&g) && matches!(cache.get(&g), Some(Ok(_)));
-        let chain = self
-            .budget
-            .load(|max| store.load_chain_above(id, MAX_RESOLVE_HOPS, max, &known))?;
-        let raw: usize = charge_loaded(self.budget, &chain.groups)?.iter().sum();
-        let in_room = chain.groups.first().and_then(|g| g.room_id.as_deref()) == Some(self.room);
-        let below = match chain.groups.last().map(|g| g.prevs.as_slice()) {
-            Some(&[p]) if known(p) => match self.cache.get(&p) {
-                Some(Ok(node)) => Some((p, node.clone())),
-                _ => None,
-            },
-            _ => None,
+        let found = match self.resolve_from_links(id, false) {
+            Some(found) => found,
+            None => {
+                self.read_chain(store, id)?;
+                self.resolve_from_links(id, true)
+                    .unwrap_or(Err(Broken::NotLoaded(id)))
+            }
         };
-        let folded = fold_chain(self.dict, &chain, id, below);
-        drop(chain);
-        self.budget.release(raw);
-        self.charge_dict()?;
-        let found = folded.map(|(state, depth, prev, usable)| {
-            let mut node = Node {
-                state: Rc::new(state),
-                depth,
-                prev,
-                usable: usable && in_room,
-            };
+        let found = found.map(|mut node| {
             if let Some(p) = self.memo.get(&id) {
                 node.prev = p.prev;
                 node.depth = p.depth;
@@ -800,60 +803,161 @@ impl Outside<'_> {
         self.cache.insert(id, found.clone());
         Ok(found)
     }
+
+    fn known(&self, g: GroupId) -> bool {
+        known(self.memo, &self.cache, g)
+    }
+
+    /// Read `id`'s stored chain down to the first known group, into `links`: most
+    /// chains of a slice share all but their top groups.
+    fn read_chain(&mut self, store: &mut dyn Store, id: GroupId) -> Result<()> {
+        let (cache, memo) = (&self.cache, self.memo);
+        let known = |g: GroupId| known(memo, cache, g);
+        let chain = self
+            .budget
+            .load(|max| store.load_chain_above(id, MAX_RESOLVE_HOPS, max, &known))?;
+        let raw: usize = charge_loaded(self.budget, &chain.groups)?.iter().sum();
+        let mut bytes = 0;
+        for g in &chain.groups {
+            if self.links.contains_key(&g.id) {
+                continue;
+            }
+            let own = State::from_rows(self.dict, &g.rows).ok();
+            bytes += own.as_ref().map_or(0, State::heap_bytes)
+                + vec_bytes::<GroupId>(g.prevs.len())
+                + 2 * size_of::<(GroupId, Link)>()
+                + ALLOC_OVERHEAD;
+            self.links.insert(
+                g.id,
+                Link {
+                    prevs: g.prevs.clone(),
+                    own,
+                    in_room: g.room_id.as_deref() == Some(self.room),
+                    frozen: chain.frozen.contains(&g.id),
+                },
+            );
+        }
+        drop(chain);
+        self.budget.release(raw);
+        self.budget.charge(bytes)?;
+        self.charge_dict()
+    }
+
+    /// `id`'s node from the chains read so far: `None` if they do not hold its chain
+    /// down to its end or a known group (then it must be read), unless `last` (it was
+    /// just read: what is missing is missing from the database too).
+    fn resolve_from_links(
+        &self,
+        id: GroupId,
+        last: bool,
+    ) -> Option<std::result::Result<Node, Broken>> {
+        // As `Store::load_chain_above` walks it.
+        let mut walked = Vec::new();
+        let mut seen = FxHashSet::default();
+        let mut cur = Some(id);
+        let mut below = None;
+        while let Some(g) = cur {
+            if !seen.insert(g) {
+                break;
+            }
+            if !walked.is_empty() && self.known(g) {
+                below = match self.cache.get(&g) {
+                    Some(Ok(node)) => Some((g, node.clone())),
+                    _ => None,
+                };
+                break;
+            }
+            let Some(link) = self.links.get(&g) else {
+                if !last {
+                    return None;
+                }
+                break;
+            };
+            cur = match link.prevs.as_slice() {
+                [p] if walked.len() < MAX_RESOLVE_HOPS => Some(*p),
+                _ => None,
+            };
+            walked.push(g);
+        }
+        Some(fold_links(&self.links, &walked, id, below))
+    }
 }
 
-/// Resolve a stored chain as Synapse reads it: per key, the row of the highest group.
-/// Only chains where that equals "nearest group wins" are accepted (single edges,
-/// strictly decreasing ids); anything else is reported, not guessed. Returns the
-/// state, depth, predecessor, and whether the group is not frozen.
+/// Whether a chain read may end above `g`: resolved here from its own stored chain (not
+/// placed by this run, whose depth may differ from the stored one).
+fn known(
+    memo: &FxHashMap<GroupId, Placement>,
+    cache: &FxHashMap<GroupId, std::result::Result<Rc<Node>, Broken>>,
+    g: GroupId,
+) -> bool {
+    !memo.contains_key(&g) && matches!(cache.get(&g), Some(Ok(_)))
+}
+
+/// One group of a stored chain as read, its rows interned.
+struct Link {
+    prevs: Vec<GroupId>,
+    /// `None`: the group holds one key twice with different events.
+    own: Option<State>,
+    /// Its `state_groups` row is in the room being compressed.
+    in_room: bool,
+    frozen: bool,
+}
+
+/// Resolve a stored chain (`walked`: its groups, nearest first, all in `links`) as
+/// Synapse reads it: per key, the row of the highest group. Only chains where that
+/// equals "nearest group wins" are accepted (single edges, strictly decreasing ids);
+/// anything else is reported, not guessed.
 ///
 /// `below`: the group the chain was read down to (`Store::load_chain_above`), already
 /// resolved from its own stored chain; the chain's last group must have it as its one
 /// predecessor, and the result is as if the whole chain had been read.
-fn fold_chain(
-    dict: &mut Dictionary,
-    chain: &Chain,
+fn fold_links(
+    links: &FxHashMap<GroupId, Link>,
+    walked: &[GroupId],
     id: GroupId,
     below: Option<(GroupId, Rc<Node>)>,
-) -> std::result::Result<(State, u32, Option<GroupId>, bool), Broken> {
-    let gs = &chain.groups;
-    if gs.first().map(|g| g.id) != Some(id) {
+) -> std::result::Result<Node, Broken> {
+    if walked.first() != Some(&id) {
         return Err(Broken::NotLoaded(id));
     }
     let below_id = below.as_ref().map(|(b, _)| *b);
-    for (i, g) in gs.iter().enumerate() {
-        match g.prevs.as_slice() {
-            [] if i + 1 == gs.len() && below.is_none() => {}
-            [p] if i + 1 == gs.len() && Some(*p) == below_id && *p < g.id => {}
+    for (i, &g) in walked.iter().enumerate() {
+        let prevs = links[&g].prevs.as_slice();
+        let last = i + 1 == walked.len();
+        match prevs {
+            [] if last && below.is_none() => {}
+            [p] if last && Some(*p) == below_id && *p < g => {}
             [] => return Err(Broken::InconsistentChain),
-            [p] if *p >= g.id => {
-                return Err(Broken::ChainPredecessorNotLower {
-                    group: g.id,
-                    prev: *p,
-                })
-            }
-            [p] if gs.get(i + 1).map(|n| n.id) == Some(*p) => {}
+            [p] if *p >= g => return Err(Broken::ChainPredecessorNotLower { group: g, prev: *p }),
+            [p] if walked.get(i + 1) == Some(p) => {}
             [_] => return Err(Broken::CyclicOrTooLong(id)),
             _ => {
                 return Err(Broken::ChainSeveralPredecessors {
-                    group: g.id,
-                    count: g.prevs.len(),
+                    group: g,
+                    count: prevs.len(),
                 })
             }
         }
     }
     // Hops on the whole chain, as a full read would have found them (and refused them
     // beyond `MAX_RESOLVE_HOPS`).
-    let hops = (gs.len() - 1) + below.as_ref().map_or(0, |(_, n)| 1 + n.depth as usize);
+    let hops = (walked.len() - 1) + below.as_ref().map_or(0, |(_, n)| 1 + n.depth as usize);
     if hops > MAX_RESOLVE_HOPS {
         return Err(Broken::CyclicOrTooLong(id));
     }
     let mut state = below.map_or_else(State::default, |(_, n)| (*n.state).clone());
-    for g in gs.iter().rev() {
-        let own =
-            State::from_rows(dict, &g.rows).map_err(|_| Broken::ChainConflictingRows(g.id))?;
-        state = state.overlay(&own);
+    for g in walked.iter().rev() {
+        let own = links[g]
+            .own
+            .as_ref()
+            .ok_or(Broken::ChainConflictingRows(*g))?;
+        state = state.overlay(own);
     }
-    let usable = !chain.head_frozen;
-    Ok((state, hops as u32, gs[0].prevs.first().copied(), usable))
+    let head = &links[&id];
+    Ok(Node {
+        state: Rc::new(state),
+        depth: hops as u32,
+        prev: head.prevs.first().copied(),
+        usable: !head.frozen && head.in_room,
+    })
 }
