@@ -44,6 +44,7 @@ fn compress_room(
         name!(elapsed_ms, i64),
     ),
 > {
+    let started = Instant::now();
     let room = required(room_id, "room_id");
     let levels = LevelSpec::parse(or_default(levels, "levels")).unwrap_or_else(|e| raise(e));
     let dry_run = or_default(dry_run, "dry_run");
@@ -62,6 +63,10 @@ fn compress_room(
         || run_without_deadlock(room, opts, dry_run, min_saved_rows),
     )
     .unwrap_or_else(|e| raise(e));
+    debug1!(
+        "synapse_compress: compress_room {room}: time by phase: {}",
+        summary.phases.with_other(started.elapsed())
+    );
 
     match &summary.not_written {
         None | Some(NotWritten::DryRun) => {}

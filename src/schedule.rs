@@ -9,16 +9,18 @@
 //! recorded with its error and retried later with backoff; other rooms go on.
 
 use std::cell::RefCell;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use pgrx::datum::DatumWithOid;
 use pgrx::spi::SpiClient;
 use pgrx::{pg_sys, FromDatum, IntoDatum};
 use synapse_compress_core::engine::{
-    self, Carried, ChunkLimits, ChunkOutcome, ChunkResult, Progress,
+    self, Carried, ChunkLimits, ChunkOutcome, ChunkResult, Phases, Progress,
 };
+use synapse_compress_core::hash::{FxHashMap, FxHashSet};
 use synapse_compress_core::schedule::{self as policy, Boundary, Budget, Outcome, RunEnd};
-use synapse_compress_core::{Error, LevelSpec, Levels, Result};
+use synapse_compress_core::{Error, GroupId, LevelSpec, Levels, Result};
 
 use crate::owner::{Access, StateTables};
 use crate::spi::guard;
@@ -38,6 +40,8 @@ pub struct Step {
     pub rows_before: i64,
     pub rows_after: i64,
     pub message: Option<String>,
+    /// Where the chunk's time went in the engine (the rest of the step's is bookkeeping).
+    pub phases: Phases,
 }
 
 impl Step {
@@ -50,6 +54,7 @@ impl Step {
             rows_before: 0,
             rows_after: 0,
             message: None,
+            phases: Phases::default(),
         }
     }
 }
@@ -164,6 +169,7 @@ fn count_new_groups(
 /// up to date with the groups created since the last run, and record the run. Groups
 /// created after this point are left to the next run.
 pub fn begin_run(client: &mut SpiClient<'_>, source: Source) -> Result<i64> {
+    let started = Instant::now();
     default_levels()?;
     exec(
         client,
@@ -233,6 +239,10 @@ pub fn begin_run(client: &mut SpiClient<'_>, source: Source) -> Result<i64> {
         &[source.as_str().into(), upto.into(), gucs::CHUNK_SIZE.get().into()],
     )?
     .ok_or_else(|| Error::Store("no run id".into()))?;
+    pgrx::debug1!(
+        "synapse_compress: run {run} started in {:.1} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
     Ok(run)
 }
 
@@ -340,8 +350,33 @@ struct LastChunk {
     carried: Carried,
 }
 
+/// The run's tangled groups by room (`SpiStore::tangled_by_room`), found at its first
+/// chunk when one scan of the database costs less than a query per room; `by_room`
+/// `None`: each room's first chunk asks for its own. Found once per run: Synapse never
+/// writes the malformed edges they come from, so they only change by corruption.
+struct RunTangled {
+    run: i64,
+    by_room: Option<FxHashMap<String, Rc<FxHashSet<GroupId>>>>,
+}
+
+/// More tangled groups than this in the database (a badly damaged one): each room
+/// asks for its own rather than the run holding them all.
+const MAX_RUN_TANGLED: usize = 100_000;
+
 thread_local! {
     static LAST_CHUNK: RefCell<Option<LastChunk>> = const { RefCell::new(None) };
+    static RUN_TANGLED: RefCell<Option<RunTangled>> = const { RefCell::new(None) };
+}
+
+/// The rooms a run may still work on (for `SpiStore::tangled_by_room`'s estimate).
+fn pending_rooms(client: &SpiClient<'_>) -> Result<Vec<String>> {
+    Ok(one::<Vec<String>>(
+        client,
+        "SELECT coalesce(array_agg(room_id), '{}') FROM synapse_compress.room_queue \
+         WHERE pending_groups > 0",
+        &[],
+    )?
+    .unwrap_or_default())
 }
 
 /// What a run's driver does after a step.
@@ -376,6 +411,7 @@ pub fn step(
     chunks: u64,
     stop_requested: bool,
 ) -> Result<Next> {
+    let started = Instant::now();
     let row = load_run(client, run)?;
     let table = client
         .select(
@@ -409,6 +445,12 @@ pub fn step(
         return Ok(Next::End { end, message });
     }
     let step = run_chunk(client, run, row)?;
+    if let Some(room) = &step.room_id {
+        pgrx::debug1!(
+            "synapse_compress: run {run}, chunk of room {room}: time by phase: {}",
+            step.phases.with_other(started.elapsed())
+        );
+    }
     Ok(if step.outcome.ends_run() {
         Next::End {
             end: RunEnd::Done,
@@ -453,9 +495,16 @@ fn run_chunk(client: &mut SpiClient<'_>, run: i64, row: RunRow) -> Result<Step> 
     };
     let started = Instant::now();
     let carried = LAST_CHUNK.with(|t| match &*t.borrow() {
-        Some(t) if t.run == run && t.room == room => t.carried.clone(),
-        _ => Carried::default(),
+        Some(t) if t.run == run && t.room == room => Some(t.carried.clone()),
+        _ => None,
     });
+    // The run's first chunk: the rooms whose tangled groups one scan could find.
+    let first = !RUN_TANGLED.with(|t| t.borrow().as_ref().is_some_and(|t| t.run == run));
+    let pending = if first {
+        Some(pending_rooms(client)?)
+    } else {
+        None
+    };
     let result = guard::contained(|| {
         owner.run(|| {
             compress_chunk_as_owner(
@@ -465,6 +514,7 @@ fn run_chunk(client: &mut SpiClient<'_>, run: i64, row: RunRow) -> Result<Step> 
                 &progress,
                 limits,
                 carried.clone(),
+                pending.as_deref(),
                 run,
             )
         })
@@ -476,6 +526,7 @@ fn run_chunk(client: &mut SpiClient<'_>, run: i64, row: RunRow) -> Result<Step> 
     match result {
         Ok(r) => {
             position = r.progress.last_compressed;
+            step.phases = r.phases;
             let mut notes = Vec::new();
             if corrected {
                 notes.push("saved levels were invalid and were restarted".to_string());
@@ -618,17 +669,48 @@ fn run_chunk(client: &mut SpiClient<'_>, run: i64, row: RunRow) -> Result<Step> 
     Ok(step)
 }
 
-/// The chunk's rewrite and the room's progress, as the state tables' owner.
+/// The chunk's rewrite and the room's progress, as the state tables' owner. `carried`:
+/// what the room's last chunk of this run handed on, if it had one; `pending`: the
+/// rooms with work, at the run's first chunk (see `RunTangled`).
+#[allow(clippy::too_many_arguments)]
 fn compress_chunk_as_owner(
     client: &mut SpiClient<'_>,
     tables: &mut StateTables,
     room: &str,
     progress: &Progress,
     limits: ChunkLimits,
-    carried: Carried,
+    carried: Option<Carried>,
+    pending: Option<&[String]>,
     run: i64,
 ) -> Result<ChunkResult> {
     let mut store = SpiStore::new(client, tables, true).map_err(spi)?;
+    if let Some(rooms) = pending {
+        let by_room: Option<FxHashMap<String, Rc<FxHashSet<GroupId>>>> = store
+            .tangled_by_room(rooms, MAX_RUN_TANGLED)?
+            .map(|m| m.into_iter().map(|(r, t)| (r, Rc::new(t))).collect());
+        match &by_room {
+            Some(m) => pgrx::debug1!(
+                "synapse_compress: run {run}: tangled groups found in one scan: {} in {} rooms",
+                m.values().map(|t| t.len()).sum::<usize>(),
+                m.len()
+            ),
+            None => {
+                pgrx::debug1!("synapse_compress: run {run}: each room finds its tangled groups")
+            }
+        }
+        RUN_TANGLED.with(|t| *t.borrow_mut() = Some(RunTangled { run, by_room }));
+    }
+    let carried = carried.unwrap_or_else(|| {
+        RUN_TANGLED.with(|t| match &*t.borrow() {
+            Some(RunTangled {
+                run: r,
+                by_room: Some(by_room),
+            }) if *r == run => {
+                Carried::with_tangled(by_room.get(room).cloned().unwrap_or_default())
+            }
+            _ => Carried::default(),
+        })
+    });
     let r = engine::compress_chunk(&mut store, room, progress, limits, carried)?;
     let last = LastChunk {
         run,

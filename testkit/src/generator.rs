@@ -191,6 +191,7 @@ pub const PRESETS: &[&str] = &[
     "bigstate",
     "manyrooms",
     "forks",
+    "spamjoin",
     "small",
     "random",
 ];
@@ -203,10 +204,21 @@ pub fn preset(name: &str, scale: f64, seed: u64) -> Option<GenSpec> {
         "bigstate" => bigstate(scale, seed),
         "manyrooms" => manyrooms(scale, seed),
         "forks" => forks(scale, seed),
+        "spamjoin" => spamjoin(scale, seed),
         "small" => small(scale, seed),
         "random" => random(seed),
         _ => return None,
     })
+}
+
+/// A database of one room, ids from 1 without gaps.
+fn one_room(seed: u64, room: RoomSpec) -> GenSpec {
+    GenSpec {
+        seed,
+        first_id: 1,
+        id_gaps: 0.0,
+        rooms: vec![room],
+    }
 }
 
 fn scaled(n: usize, scale: f64) -> usize {
@@ -227,11 +239,9 @@ pub fn headline(scale: f64, seed: u64) -> GenSpec {
     // Mean state size over the room's life (keys), tuned so rows land near 2.2 M.
     let mean_keys = 2_810.0;
     let initial = (mean_keys - key_growth * groups as f64 / 2.0).max(1.0) as usize;
-    GenSpec {
+    one_room(
         seed,
-        first_id: 1,
-        id_gaps: 0.0,
-        rooms: vec![RoomSpec {
+        RoomSpec {
             room_id: random_room_id(&mut rng, false),
             room_version: "10".to_owned(),
             groups,
@@ -243,19 +253,17 @@ pub fn headline(scale: f64, seed: u64) -> GenSpec {
             initial_members: initial,
             new_member_rate,
             leave_rate: 0.06,
-        }],
-    }
+        },
+    )
 }
 
 /// One room joined over federation whose state reaches about 50,000 members, with a
 /// few thousand groups (each snapshot is ~50,000 rows).
 pub fn bigstate(scale: f64, seed: u64) -> GenSpec {
     let mut rng = Rng::derive(seed, 0x4249_4753);
-    GenSpec {
+    one_room(
         seed,
-        first_id: 1,
-        id_gaps: 0.0,
-        rooms: vec![RoomSpec {
+        RoomSpec {
             room_id: random_room_id(&mut rng, false),
             room_version: "9".to_owned(),
             groups: scaled(3_000, scale),
@@ -267,8 +275,8 @@ pub fn bigstate(scale: f64, seed: u64) -> GenSpec {
             initial_members: scaled(48_000, scale),
             new_member_rate: 0.6,
             leave_rate: 0.2,
-        }],
-    }
+        },
+    )
 }
 
 /// About 2,000 rooms of 50-500 groups each, interleaved; mostly linear, some forked,
@@ -327,6 +335,30 @@ pub fn forks(scale: f64, seed: u64) -> GenSpec {
         id_gaps: 0.01,
         rooms,
     }
+}
+
+/// A public room under a spam-join attack: bursts of up to 50 joins on one predecessor
+/// (a group each, then a merge of them all), moderators banning most of them, with
+/// federation forks beside; the member list reaches thousands. One room of about
+/// 20,000 groups at scale 1.
+pub fn spamjoin(scale: f64, seed: u64) -> GenSpec {
+    let mut rng = Rng::derive(seed, 0x5350_414d);
+    one_room(
+        seed,
+        RoomSpec {
+            room_id: random_room_id(&mut rng, false),
+            room_version: "10".to_owned(),
+            groups: scaled(20_000, scale),
+            shape: Shape::Mixed(ShapeMix {
+                fork: 0.02,
+                spam: 0.02,
+                backfill: 0.001,
+            }),
+            initial_members: scaled(600, scale),
+            new_member_rate: 0.2,
+            leave_rate: 0.05,
+        },
+    )
 }
 
 /// A few rooms of every shape, a few hundred groups in all: quick tests.

@@ -270,6 +270,81 @@ impl Store for MemStore {
     }
 }
 
+/// Which `Store` call an `Observed` store passed on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Call {
+    RoomExtent,
+    CountGroups,
+    LoadChunk,
+    LoadChain,
+    Tangled,
+    WriteChunk,
+    ReadBack,
+    BeginAtomic,
+    EndAtomic,
+}
+
+/// A `MemStore` that reports each call to `observe` once it is made, with how many
+/// groups it returned (0 for calls that return none): tests count the calls the engine
+/// makes, or slow them down.
+pub struct Observed<'a, F: FnMut(Call, usize)> {
+    pub inner: &'a mut MemStore,
+    pub observe: F,
+}
+
+impl<F: FnMut(Call, usize)> Observed<'_, F> {
+    fn seen<T>(&mut self, call: Call, out: Result<T>, groups: impl Fn(&T) -> usize) -> Result<T> {
+        (self.observe)(call, out.as_ref().map_or(0, groups));
+        out
+    }
+}
+
+impl<F: FnMut(Call, usize)> Store for Observed<'_, F> {
+    fn room_extent(&mut self, room: &str) -> Result<RoomExtent> {
+        let out = self.inner.room_extent(room);
+        self.seen(Call::RoomExtent, out, |_| 0)
+    }
+    fn count_groups(&mut self, room: &str, after: GroupId, upto: GroupId) -> Result<u64> {
+        let out = self.inner.count_groups(room, after, upto);
+        self.seen(Call::CountGroups, out, |_| 0)
+    }
+    fn load_chunk(
+        &mut self,
+        room: &str,
+        after: GroupId,
+        upto: GroupId,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Chunk> {
+        let out = self.inner.load_chunk(room, after, upto, limit, max_bytes);
+        self.seen(Call::LoadChunk, out, |c| c.groups.len())
+    }
+    fn load_chain(&mut self, group: GroupId, max_hops: usize, max_bytes: usize) -> Result<Chain> {
+        let out = self.inner.load_chain(group, max_hops, max_bytes);
+        self.seen(Call::LoadChain, out, |c| c.groups.len())
+    }
+    fn tangled(&mut self, room: &str) -> Result<FxHashSet<GroupId>> {
+        let out = self.inner.tangled(room);
+        self.seen(Call::Tangled, out, |_| 0)
+    }
+    fn write_chunk(&mut self, room: &str, rewrites: &[Rewrite]) -> Result<()> {
+        let out = self.inner.write_chunk(room, rewrites);
+        self.seen(Call::WriteChunk, out, |_| 0)
+    }
+    fn read_back(&mut self, groups: &[GroupId]) -> Result<Vec<RawGroup>> {
+        let out = self.inner.read_back(groups);
+        self.seen(Call::ReadBack, out, |g| g.len())
+    }
+    fn begin_atomic(&mut self) -> Result<()> {
+        let out = self.inner.begin_atomic();
+        self.seen(Call::BeginAtomic, out, |_| 0)
+    }
+    fn end_atomic(&mut self, keep: bool) -> Result<()> {
+        let out = self.inner.end_atomic(keep);
+        self.seen(Call::EndAtomic, out, |_| 0)
+    }
+}
+
 /// The store's side of the memory contract: rows counted as read, in batches, against
 /// the engine's allowance (as the SPI store does).
 fn within(groups: &[RawGroup], max_bytes: usize) -> Result<()> {

@@ -7,6 +7,7 @@
 //! The chunk goes through the same `Run::step` as `compress_room` (load → plan →
 //! verify → write → read back); only the bookkeeping around it lives here.
 
+use super::phases::{Phases, Timed};
 use super::{Carried, ChunkReport, Options, Run, MAX_RESOLVE_HOPS, SYNAPSE_MAX_HOPS};
 use crate::error::Result;
 use crate::levels::{Level, Levels};
@@ -43,6 +44,8 @@ pub struct ChunkResult {
     pub levels_reset: bool,
     /// What to hand to the room's next chunk of the same run.
     pub carried: Carried,
+    /// Where the chunk's time went (every attempt, see `MAX_CHUNK_GROWTH`).
+    pub phases: Phases,
 }
 
 /// How far a chunk that would not pay is extended before it is given up.
@@ -66,6 +69,26 @@ pub struct ChunkLimits {
 /// returned, if any (`Carried::default()` otherwise).
 pub fn compress_chunk(
     store: &mut dyn Store,
+    room: &str,
+    progress: &Progress,
+    limits: ChunkLimits,
+    carried: Carried,
+) -> Result<ChunkResult> {
+    let mut timed = Timed::new(store);
+    let mut phases = Phases::default();
+    let mut result = chunk_attempts(&mut timed, &mut phases, room, progress, limits, carried);
+    phases.merge(&timed.phases);
+    if let Ok(r) = result.as_mut() {
+        r.phases = phases;
+    }
+    result
+}
+
+/// `compress_chunk`, its calls outside `Run::step` timed by `store`, the runs' own
+/// phases added to `phases`.
+fn chunk_attempts(
+    store: &mut Timed<'_>,
+    phases: &mut Phases,
     room: &str,
     progress: &Progress,
     limits: ChunkLimits,
@@ -99,7 +122,8 @@ pub fn compress_chunk(
         let mut run = Run::resume(room, opts, levels.clone(), after, limits.upto)?;
         run.take_over(carried.clone());
         store.begin_atomic()?;
-        let stepped = run.step(store);
+        let stepped = run.step(store.inner());
+        phases.merge(&run.summary.phases);
         carried = run.carried();
         let report = match stepped {
             Ok(Some(report)) => report,
@@ -110,6 +134,7 @@ pub fn compress_chunk(
                     progress: progress.clone(),
                     levels_reset: false,
                     carried,
+                    phases: Phases::default(),
                 });
             }
             Err(e) => {
@@ -153,6 +178,7 @@ pub fn compress_chunk(
             },
             levels_reset,
             carried,
+            phases: Phases::default(),
         });
     }
 }

@@ -5,6 +5,7 @@
 //! - `chunk`: `compress_chunk`, one chunk from saved progress, as the background worker
 //!   and `compress_database` do.
 //! - `memory`: the `MemoryBudget` every step is held to (`Options::memory_limit`).
+//! - `phases`: where the time goes (load, resolve, plan, verify, write, read back).
 //!
 //! Memory: a step reads its chunk in slices sized to the budget. What a run keeps
 //! between slices (the string dictionary, the last slice's nodes as a cache, the
@@ -14,6 +15,7 @@
 
 mod chunk;
 pub mod memory;
+pub mod phases;
 mod room;
 mod run;
 
@@ -21,6 +23,7 @@ pub use chunk::{
     compress_chunk, ChunkLimits, ChunkOutcome, ChunkResult, Progress, MAX_CHUNK_GROWTH,
 };
 pub use memory::MemoryBudget;
+pub use phases::{Phase, Phases};
 pub use room::{compress_room, plan_room};
 pub use run::{Carried, Checkpoint, Run};
 
@@ -125,6 +128,8 @@ pub struct Summary {
     /// The most bytes the run's memory accounting held at once (≤ the limit).
     pub memory_peak: u64,
     pub elapsed_ms: u64,
+    /// Where the run's time went (`elapsed_ms` less these is bookkeeping).
+    pub phases: Phases,
     /// Where a written run left the room, to continue from (saved like the worker's).
     pub end: Option<Progress>,
 }

@@ -1,5 +1,6 @@
 //! `compress_room`: a room (or part of it) in one atomic unit.
 
+use super::phases::Timed;
 use super::{GroupPlan, NotWritten, Options, Progress, Run, Summary};
 use crate::error::{Error, Result};
 use crate::store::Store;
@@ -21,13 +22,14 @@ pub fn compress_room(
         });
     }
     let dry_run = opts.dry_run;
-    let mut run = Run::start(store, room, opts)?;
+    let mut store = Timed::new(store);
+    let mut run = Run::start(&mut store, room, opts)?;
     if !dry_run {
         store.begin_atomic()?;
     }
     loop {
         store.check_interrupts();
-        match run.step(store) {
+        match run.step(store.inner()) {
             Ok(Some(report)) => on_chunk(&run, &report),
             Ok(None) => break,
             Err(e) => {
@@ -64,6 +66,7 @@ pub fn compress_room(
     if !dry_run {
         store.end_atomic(summary.written)?;
     }
+    summary.phases.merge(&store.phases);
     summary.elapsed_ms = run.started.elapsed().as_millis() as u64;
     Ok(summary)
 }

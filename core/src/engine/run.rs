@@ -6,6 +6,7 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use super::memory::{charge_loaded, map_bytes, rewrite_bytes, vec_bytes, MemoryBudget};
+use super::phases::{Phase, Section, Timed};
 use super::{ChunkReport, GroupPlan, Options, PlanAction, Summary, MAX_RESOLVE_HOPS};
 use crate::error::{Error, Result};
 use crate::hash::{FxHashMap, FxHashSet};
@@ -37,6 +38,17 @@ struct Placement {
 pub struct Carried {
     tangled: Option<Rc<FxHashSet<GroupId>>>,
     sizing: Option<(usize, usize)>,
+}
+
+impl Carried {
+    /// A room's first chunk of a run, its tangled groups found by the caller (for
+    /// every room at once, say): its `Run` does not ask the store.
+    pub fn with_tangled(tangled: Rc<FxHashSet<GroupId>>) -> Carried {
+        Carried {
+            tangled: Some(tangled),
+            sizing: None,
+        }
+    }
 }
 
 /// A run's state before a chunk (see `Run::checkpoint`).
@@ -206,8 +218,16 @@ impl Run {
         self.finished = cp.finished;
     }
 
-    /// Process the next chunk; `None` when the room is done.
+    /// Process the next chunk; `None` when the room is done. Its time by phase is
+    /// added to the summary's.
     pub fn step(&mut self, store: &mut dyn Store) -> Result<Option<ChunkReport>> {
+        let mut timed = Timed::new(store);
+        let stepped = self.step_timed(&mut timed);
+        self.summary.phases.merge(&timed.phases);
+        stepped
+    }
+
+    fn step_timed(&mut self, store: &mut Timed<'_>) -> Result<Option<ChunkReport>> {
         if self.finished || self.remaining == Some(0) || self.after >= self.upto {
             self.finished = true;
             return Ok(None);
@@ -294,7 +314,7 @@ impl Run {
     /// a slice that does not fit is retried after shedding the caches, then with half
     /// the groups; one group that does not fit alone fails the run. Returns the report
     /// and how many groups were asked for (`None`: no group left).
-    fn slice(&mut self, store: &mut dyn Store, max: usize) -> Result<Option<(ChunkReport, usize)>> {
+    fn slice(&mut self, store: &mut Timed<'_>, max: usize) -> Result<Option<(ChunkReport, usize)>> {
         let mut n = self.slice_size(max);
         loop {
             // Caches may take at most half the budget before a slice.
@@ -338,7 +358,7 @@ impl Run {
     /// Load, resolve, plan, verify and write one slice of at most `n` groups. Fails
     /// with `Error::MemoryLimit` before anything is written if the slice does not fit;
     /// then only the levels (restored by the caller) and the caches have changed.
-    fn process(&mut self, store: &mut dyn Store, n: usize) -> Result<Option<ChunkReport>> {
+    fn process(&mut self, store: &mut Timed<'_>, n: usize) -> Result<Option<ChunkReport>> {
         self.budget.rebase(self.held_bytes())?;
         let held = self.budget.used();
         let (room, after, upto) = (&self.room, self.after, self.upto);
@@ -371,9 +391,10 @@ impl Run {
 
     fn plan_and_write(
         &mut self,
-        store: &mut dyn Store,
+        store: &mut Timed<'_>,
         chunk: crate::store::Chunk,
     ) -> Result<ChunkReport> {
+        let resolving = Section::start(store);
         let raw = charge_loaded(&mut self.budget, &chunk.groups)?;
         let n = chunk.groups.len();
         // Per group: its input, its state in a map, its node in the plan.
@@ -475,15 +496,19 @@ impl Run {
             outside.budget.release(bytes);
         }
         drop(states);
+        resolving.end(store, Phase::Resolve);
 
+        let planning = Section::start(store);
         let plan = planner::plan_chunk(
             &inputs,
             &mut self.levels,
             self.opts.recent_choice,
             &mut |id| outside.node(store, id),
         )?;
+        planning.end(store, Phase::Plan);
 
         // Verify every rewrite against the original state before anything is written.
+        let verifying = Section::start(store);
         let max_hops = self.levels.spec().max_hops();
         let mut rewrites = Vec::new();
         let mut forced = 0;
@@ -598,13 +623,16 @@ impl Run {
             .budget
             .charge(vec_bytes::<Rewrite>(rewrites.capacity()))?;
         drop(outside);
+        verifying.end(store, Phase::Verify);
 
         // Nothing can fail for memory from here: the slice is written.
         if !self.opts.dry_run && !rewrites.is_empty() {
             store.write_chunk(&self.room, &rewrites)?;
             let ids: Vec<GroupId> = rewrites.iter().map(|r| r.group).collect();
             let stored = store.read_back(&ids)?;
+            let checking = Section::start(store);
             verify::check_read_back(&rewrites, &stored)?;
+            checking.end(store, Phase::Verify);
         }
         drop(rewrites);
         self.summary.forced_snapshots += forced;

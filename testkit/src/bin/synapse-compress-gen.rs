@@ -19,7 +19,7 @@ use synapse_compress_testkit::generator::{self, copy_escape, GeneratedGroup, PRE
 
 const USAGE: &str =
     "usage: synapse-compress-gen --preset NAME [--scale F] [--seed N] [--first-id N]
-  presets: headline, bigstate, manyrooms, forks, small, random
+  presets: headline, bigstate, manyrooms, forks, spamjoin, small, random
   --scale F      size factor (default 1; ignored by random)
   --seed N       random seed (default 1)
   --first-id N   first state group id (default: the preset's, 1 for most)
