@@ -494,9 +494,13 @@ fn run_chunk(client: &mut SpiClient<'_>, run: i64, row: RunRow) -> Result<Step> 
         memory_limit: gucs::memory_limit(),
     };
     let started = Instant::now();
-    let carried = LAST_CHUNK.with(|t| match &*t.borrow() {
-        Some(t) if t.run == run && t.room == room => Some(t.carried.clone()),
-        _ => None,
+    // The room's last chunk of this run hands on everything; another room's, the
+    // slice sizing only (a small room then fits in one slice, not FIRST_SLICE and the
+    // rest).
+    let (carried, same_room) = LAST_CHUNK.with(|t| match &*t.borrow() {
+        Some(t) if t.run == run && t.room == room => (t.carried.clone(), true),
+        Some(t) if t.run == run => (t.carried.sizing_only(), false),
+        _ => (Carried::default(), false),
     });
     // The run's first chunk: the rooms whose tangled groups one scan could find.
     let first = !RUN_TANGLED.with(|t| t.borrow().as_ref().is_some_and(|t| t.run == run));
@@ -514,6 +518,7 @@ fn run_chunk(client: &mut SpiClient<'_>, run: i64, row: RunRow) -> Result<Step> 
                 &progress,
                 limits,
                 carried.clone(),
+                same_room,
                 pending.as_deref(),
                 run,
             )
@@ -670,8 +675,8 @@ fn run_chunk(client: &mut SpiClient<'_>, run: i64, row: RunRow) -> Result<Step> 
 }
 
 /// The chunk's rewrite and the room's progress, as the state tables' owner. `carried`:
-/// what the room's last chunk of this run handed on, if it had one; `pending`: the
-/// rooms with work, at the run's first chunk (see `RunTangled`).
+/// what the run's last chunk handed on, all of it if it was this room's (`same_room`);
+/// `pending`: the rooms with work, at the run's first chunk (see `RunTangled`).
 #[allow(clippy::too_many_arguments)]
 fn compress_chunk_as_owner(
     client: &mut SpiClient<'_>,
@@ -679,7 +684,8 @@ fn compress_chunk_as_owner(
     room: &str,
     progress: &Progress,
     limits: ChunkLimits,
-    carried: Option<Carried>,
+    carried: Carried,
+    same_room: bool,
     pending: Option<&[String]>,
     run: i64,
 ) -> Result<ChunkResult> {
@@ -700,17 +706,17 @@ fn compress_chunk_as_owner(
         }
         RUN_TANGLED.with(|t| *t.borrow_mut() = Some(RunTangled { run, by_room }));
     }
-    let carried = carried.unwrap_or_else(|| {
+    let carried = if same_room {
+        carried
+    } else {
         RUN_TANGLED.with(|t| match &*t.borrow() {
             Some(RunTangled {
                 run: r,
                 by_room: Some(by_room),
-            }) if *r == run => {
-                Carried::with_tangled(by_room.get(room).cloned().unwrap_or_default())
-            }
-            _ => Carried::default(),
+            }) if *r == run => carried.with_tangled(by_room.get(room).cloned().unwrap_or_default()),
+            _ => carried,
         })
-    });
+    };
     let r = engine::compress_chunk(&mut store, room, progress, limits, carried)?;
     let last = LastChunk {
         run,

@@ -9,7 +9,7 @@ use synapse_compress_core::engine::DEFAULT_MEMORY_LIMIT;
 use synapse_compress_core::engine::{compress_chunk, Carried, ChunkLimits, ChunkOutcome, Progress};
 use synapse_compress_core::{GroupId, LevelSpec, Levels, RawGroup, StateRow};
 use synapse_compress_testkit::generator;
-use synapse_compress_testkit::memstore::MemStore;
+use synapse_compress_testkit::memstore::{Call, MemStore, Observed};
 use synapse_compress_testkit::rng::Rng;
 
 fn load(seed: u64) -> (MemStore, Vec<String>) {
@@ -392,4 +392,50 @@ fn chunk_reports_list_the_snapshots_they_leave() {
         }
     }
     assert!(checked > 50, "{checked} chunks checked");
+}
+
+/// A run's chunk of another room takes over the last chunk's slice sizing
+/// (`Carried::sizing_only`): a small room is then read in one slice, not a first
+/// slice of 100 groups and the rest. Sizing decides nothing that is written: every
+/// group keeps its state.
+#[test]
+fn another_rooms_sizing_reads_a_small_room_in_one_slice() {
+    let mut s = MemStore::default();
+    linear_room(&mut s, "!a:hs", 1, 300);
+    linear_room(&mut s, "!b:hs", 1001, 300);
+    let original = s.clone();
+    let limits = ChunkLimits {
+        chunk_size: 500,
+        upto: 2000,
+        min_saved_rows: 0,
+        memory_limit: DEFAULT_MEMORY_LIMIT,
+    };
+    let chunk_loads = |s: &mut MemStore, room: &str, carried: Carried| {
+        let mut loads = 0;
+        let mut observed = Observed {
+            inner: s,
+            observe: |call, _| loads += usize::from(call == Call::LoadChunk),
+        };
+        let r = compress_chunk(&mut observed, room, &fresh("100,50,25"), limits, carried)
+            .expect("chunk");
+        (r, loads)
+    };
+    let (a, loads_a) = chunk_loads(&mut s, "!a:hs", Carried::default());
+    assert!(
+        matches!(a.outcome, ChunkOutcome::Written(_)),
+        "{:?}",
+        a.outcome
+    );
+    assert_eq!(
+        loads_a, 2,
+        "a fresh run starts with a first slice of 100 groups"
+    );
+    let (b, loads_b) = chunk_loads(&mut s, "!b:hs", a.carried.sizing_only());
+    assert!(
+        matches!(b.outcome, ChunkOutcome::Written(_)),
+        "{:?}",
+        b.outcome
+    );
+    assert_eq!(loads_b, 1, "room b in one slice");
+    check_invariants(&original, &s, 175);
 }

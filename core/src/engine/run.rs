@@ -41,12 +41,22 @@ pub struct Carried {
 }
 
 impl Carried {
-    /// A room's first chunk of a run, its tangled groups found by the caller (for
-    /// every room at once, say): its `Run` does not ask the store.
-    pub fn with_tangled(tangled: Rc<FxHashSet<GroupId>>) -> Carried {
+    /// With the room's tangled groups found by the caller (for every room at once,
+    /// say): its `Run` does not ask the store.
+    pub fn with_tangled(self, tangled: Rc<FxHashSet<GroupId>>) -> Carried {
         Carried {
             tangled: Some(tangled),
-            sizing: None,
+            ..self
+        }
+    }
+
+    /// What another room's first chunk may take over: the slice sizing (what a group
+    /// costs is much the same from room to room, and a slice that does not fit is
+    /// retried smaller), not the tangled groups, which are this room's.
+    pub fn sizing_only(&self) -> Carried {
+        Carried {
+            tangled: None,
+            sizing: self.sizing,
         }
     }
 }
