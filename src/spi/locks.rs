@@ -9,9 +9,10 @@
 //! the whole server) stalls meanwhile. Whatever order Synapse locks in, no cycle can
 //! form through a transaction that waits only while holding nothing:
 //! - A transaction holding no lock of ours takes a chunk's groups and their stored
-//!   predecessors in one statement, `SKIP LOCKED`. If another transaction held one,
-//!   it lets go of all (a subtransaction rolled back), waits for that one row alone
-//!   (up to `synapse_compress.lock_timeout`), lets go of it, and tries again.
+//!   predecessors in one statement, `NOWAIT` (mostly nobody holds any of them). If
+//!   that is refused, it took none; then `SKIP LOCKED` finds which are held by another
+//!   transaction: it lets go of all (a subtransaction rolled back), waits for one such
+//!   row alone (up to `synapse_compress.lock_timeout`), lets go of it, and tries again.
 //! - A transaction already holding some (a later chunk or slice, or an earlier
 //!   `compress_room` in the caller's transaction) takes any more `NOWAIT`. A refusal
 //!   rolls the unit back, which releases its locks, and the unit is retried holding
