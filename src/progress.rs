@@ -3,7 +3,6 @@
 //! does, so either can continue where the other stopped. Call these as the tables'
 //! owner (`Owner::run`): Synapse's role owns the tool's tables.
 
-use pgrx::datum::DatumWithOid;
 use pgrx::spi::SpiClient;
 use synapse_compress_core::engine::Progress;
 use synapse_compress_core::levels::Level;
@@ -28,37 +27,32 @@ pub fn load(
         };
         return Ok((fresh, false));
     }
-    let args: [DatumWithOid; 1] = [room.into()];
-    let last = client
-        .select(
-            &tables
-                .sql("SELECT last_compressed FROM @s.state_compressor_progress WHERE room_id = $1"),
-            None,
-            &args,
-        )
-        .map_err(spi)?;
-    let last_compressed = if last.is_empty() {
-        0
-    } else {
-        last.first().get_one::<i64>().map_err(spi)?.unwrap_or(0)
-    };
-    free_result();
+    // One statement: the progress row (at most one), and the levels in order (none:
+    // one row whose level columns are NULL).
     let table = client
         .select(
             &tables.sql(
-                "SELECT max_size, current_length, current_head FROM @s.state_compressor_state \
-                 WHERE room_id = $1 ORDER BY level_num",
+                "SELECT p.last_compressed, s.max_size, s.current_length, s.current_head \
+                 FROM (SELECT) AS one \
+                 LEFT JOIN @s.state_compressor_progress p ON p.room_id = $1 \
+                 LEFT JOIN @s.state_compressor_state s ON s.room_id = $1 \
+                 ORDER BY s.level_num",
             ),
             None,
-            &args,
+            &[room.into()],
         )
         .map_err(spi)?;
+    let mut last_compressed = 0;
     let mut saved = Vec::new();
     for row in table {
-        let max_size = row.get::<i32>(1).map_err(spi)?.unwrap_or(0);
-        let current_length = row.get::<i32>(2).map_err(spi)?.unwrap_or(-1);
+        last_compressed = row.get::<i64>(1).map_err(spi)?.unwrap_or(0);
+        // max_size is NOT NULL in the table: NULL here means no level row.
+        let Some(max_size) = row.get::<i32>(2).map_err(spi)? else {
+            continue;
+        };
+        let current_length = row.get::<i32>(3).map_err(spi)?.unwrap_or(-1);
         // The tool writes 0 for "no head" in some versions, NULL in others.
-        let head = row.get::<i64>(3).map_err(spi)?.filter(|h| *h > 0);
+        let head = row.get::<i64>(4).map_err(spi)?.filter(|h| *h > 0);
         saved.push((max_size, current_length, head));
     }
     free_result();
@@ -126,10 +120,15 @@ pub fn save(
         )
         .map_err(spi)?;
     free_result();
+    // The levels and the progress row in one statement (two tables).
     client
         .update(
             &tables.sql(
-                "INSERT INTO @s.state_compressor_state \
+                "WITH progress AS ( \
+                     INSERT INTO @s.state_compressor_progress (room_id, last_compressed) \
+                     VALUES ($1, $6) ON CONFLICT (room_id) \
+                     DO UPDATE SET last_compressed = excluded.last_compressed) \
+                 INSERT INTO @s.state_compressor_state \
                      (room_id, level_num, max_size, current_length, current_head) \
                  SELECT $1, u.n, u.s, u.l, u.h \
                  FROM unnest($2::int[], $3::int[], $4::int[], $5::bigint[]) AS u(n, s, l, h)",
@@ -141,18 +140,8 @@ pub fn save(
                 sizes.into(),
                 lengths.into(),
                 heads.into(),
+                p.last_compressed.into(),
             ],
-        )
-        .map_err(spi)?;
-    free_result();
-    client
-        .update(
-            &tables.sql(
-                "INSERT INTO @s.state_compressor_progress (room_id, last_compressed) VALUES ($1, $2) \
-                 ON CONFLICT (room_id) DO UPDATE SET last_compressed = excluded.last_compressed",
-            ),
-            None,
-            &[room.into(), p.last_compressed.into()],
         )
         .map_err(spi)?;
     free_result();

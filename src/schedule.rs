@@ -85,21 +85,17 @@ fn default_levels() -> Result<LevelSpec> {
     LevelSpec::parse(&gucs::text(&gucs::LEVELS))
 }
 
-/// A room's own levels (`synapse_compress.set_room_levels`), if it has any. A stored
-/// value that does not parse (written to the table by hand) is ignored with a WARNING.
-fn room_levels(client: &SpiClient<'_>, room: &str) -> Result<Option<LevelSpec>> {
-    let text = one::<String>(
-        client,
-        "SELECT levels FROM synapse_compress.room_settings WHERE room_id = $1",
-        &[room.into()],
-    )?;
-    Ok(text.and_then(|t| match LevelSpec::parse(&t) {
+/// A room's own levels (`synapse_compress.set_room_levels`, read by `pick_room`), if it
+/// has any. A stored value that does not parse (written to the table by hand) is
+/// ignored with a WARNING.
+fn room_levels(room: &str, text: Option<String>) -> Option<LevelSpec> {
+    text.and_then(|t| match LevelSpec::parse(&t) {
         Ok(spec) => Some(spec),
         Err(e) => {
             pgrx::warning!("synapse_compress: room {room}: its levels setting is ignored: {e}");
             None
         }
-    }))
+    })
 }
 
 /// Groups created since the last run's watermark, per room.
@@ -267,13 +263,19 @@ struct RunRow {
     chunk_size: i32,
     current_room: Option<String>,
     source: Source,
+    /// `synapse_compress.control`'s, read with the run.
+    paused: bool,
+    /// The minute of the local day, for `synapse_compress.window`.
+    minute: Option<u32>,
 }
 
 fn load_run(client: &SpiClient<'_>, run: i64) -> Result<RunRow> {
     let table = client
         .select(
-            "SELECT upto, chunk_size, current_room, source FROM synapse_compress.runs \
-             WHERE run_id = $1 AND outcome = 'running'",
+            "SELECT r.upto, r.chunk_size, r.current_room, r.source, c.paused, \
+                    (extract(hour FROM localtime) * 60 + extract(minute FROM localtime))::int \
+             FROM synapse_compress.runs r LEFT JOIN synapse_compress.control c ON true \
+             WHERE r.run_id = $1 AND r.outcome = 'running'",
             None,
             &[run.into()],
         )
@@ -288,22 +290,30 @@ fn load_run(client: &SpiClient<'_>, run: i64) -> Result<RunRow> {
     let row = table.first();
     let (upto, chunk_size, current_room) = row.get_three::<i64, i32, String>().map_err(spi)?;
     let source: Option<String> = row.get(4).map_err(spi)?;
+    let paused: Option<bool> = row.get(5).map_err(spi)?;
+    let minute: Option<i32> = row.get(6).map_err(spi)?;
     free_result();
     Ok(RunRow {
         upto: upto.unwrap_or(0),
         chunk_size: chunk_size.unwrap_or(500),
         current_room,
         source: Source::parse(source.as_deref().unwrap_or(""))?,
+        paused: paused.unwrap_or(false),
+        minute: minute.and_then(|m| u32::try_from(m).ok()),
     })
 }
 
-/// The room to work on: the run's current room while it has work, else the one with
-/// the highest priority (`room_settings`), then the most uncompressed rows; never an
-/// excluded room, nor one another session or worker is compressing.
-fn pick_room(client: &mut SpiClient<'_>, current: Option<&str>) -> Result<Option<String>> {
+/// The room to work on, with its own levels setting if any: the run's current room
+/// while it has work, else the one with the highest priority (`room_settings`), then
+/// the most uncompressed rows; never an excluded room, nor one another session or
+/// worker is compressing.
+fn pick_room(
+    client: &mut SpiClient<'_>,
+    current: Option<&str>,
+) -> Result<Option<(String, Option<String>)>> {
     let table = client
         .update(
-            "SELECT q.room_id FROM synapse_compress.room_queue q \
+            "SELECT q.room_id, s.levels FROM synapse_compress.room_queue q \
              LEFT JOIN synapse_compress.room_settings s ON s.room_id = q.room_id \
              WHERE q.pending_groups > 0 AND (q.next_retry IS NULL OR q.next_retry <= now()) \
                AND NOT coalesce(s.excluded, false) \
@@ -317,18 +327,18 @@ fn pick_room(client: &mut SpiClient<'_>, current: Option<&str>) -> Result<Option
     let mut candidates = Vec::new();
     for row in table {
         if let Some(room) = row.get::<String>(1).map_err(spi)? {
-            candidates.push(room);
+            candidates.push((room, row.get::<String>(2).map_err(spi)?));
         }
     }
     free_result();
-    for room in candidates {
+    for (room, levels) in candidates {
         let locked: Option<bool> = one(
             client,
             "SELECT pg_try_advisory_xact_lock(hashtext('synapse_compress'), hashtext($1))",
             &[room.as_str().into()],
         )?;
         if locked == Some(true) {
-            return Ok(Some(room));
+            return Ok(Some((room, levels)));
         }
     }
     Ok(None)
@@ -413,27 +423,13 @@ pub fn step(
 ) -> Result<Next> {
     let started = Instant::now();
     let row = load_run(client, run)?;
-    let table = client
-        .select(
-            "SELECT paused, (extract(hour FROM localtime) * 60 + extract(minute FROM localtime))::int \
-             FROM synapse_compress.control",
-            None,
-            &[],
-        )
-        .map_err(spi)?;
-    let (paused, minute) = if table.is_empty() {
-        (None, None)
-    } else {
-        table.first().get_two::<bool, i32>().map_err(spi)?
-    };
-    free_result();
     let at = Boundary {
         elapsed,
         chunks,
         stop_requested,
         enabled: gucs::ENABLED.get(),
-        paused: paused.unwrap_or(false),
-        window_open: window_open(minute.and_then(|m| u32::try_from(m).ok())),
+        paused: row.paused,
+        window_open: window_open(row.minute),
     };
     if let Some(end) = row.source.run_end_before_chunk(&budget, &at) {
         let message = (end == RunEnd::Window).then(|| {
@@ -464,10 +460,10 @@ pub fn step(
 /// Compress the next chunk of the run; `Outcome::NoWork`: no room has work left.
 fn run_chunk(client: &mut SpiClient<'_>, run: i64, row: RunRow) -> Result<Step> {
     let default = default_levels()?;
-    let Some(room) = pick_room(client, row.current_room.as_deref())? else {
+    let Some((room, levels_text)) = pick_room(client, row.current_room.as_deref())? else {
         return Ok(Step::new(Outcome::NoWork, None));
     };
-    let room_setting = room_levels(client, &room)?;
+    let room_setting = room_levels(&room, levels_text);
     let levels = room_setting.clone().unwrap_or(default);
     let mut tables = StateTables::resolve(client, Access::Write)?;
     let owner = tables.owner();
@@ -641,9 +637,12 @@ fn run_chunk(client: &mut SpiClient<'_>, run: i64, row: RunRow) -> Result<Step> 
         elapsed_ms,
         gucs::TARGET_CHUNK_TIME.get().into(),
     );
+    // The run's counters, and the database's rows saved (one statement).
     exec(
         client,
-        "UPDATE synapse_compress.runs SET \
+        "WITH saved AS (UPDATE synapse_compress.control SET rows_saved = rows_saved + $11 \
+                        WHERE $11 <> 0) \
+         UPDATE synapse_compress.runs SET \
             rooms = rooms + (current_room IS DISTINCT FROM $2)::int, \
             current_room = $2, current_group = $3, \
             chunks = chunks + 1, chunks_not_saved = chunks_not_saved + $4, \
@@ -662,15 +661,9 @@ fn run_chunk(client: &mut SpiClient<'_>, run: i64, row: RunRow) -> Result<Step> 
             step.rows_after.into(),
             errors.into(),
             next_size.into(),
+            saved.into(),
         ],
     )?;
-    if saved != 0 {
-        exec(
-            client,
-            "UPDATE synapse_compress.control SET rows_saved = rows_saved + $1",
-            &[saved.into()],
-        )?;
-    }
     Ok(step)
 }
 
