@@ -249,6 +249,9 @@ pub fn end_run(
     message: Option<&str>,
 ) -> Result<()> {
     let outcome = RunEnd::parse(outcome)?.as_str();
+    // What the run kept for its chunks goes with it.
+    RUN_TANGLED.with(|t| t.borrow_mut().take_if(|t| t.run == run));
+    LAST_CHUNK.with(|t| t.borrow_mut().take_if(|t| t.run == run));
     exec(
         client,
         "UPDATE synapse_compress.runs SET outcome = $2, finished_at = clock_timestamp(), message = $3, \
@@ -366,7 +369,16 @@ struct LastChunk {
 /// writes the malformed edges they come from, so they only change by corruption.
 struct RunTangled {
     run: i64,
+    /// The schema the groups are in (`StateTables::sql("@s.")`): a schema switched
+    /// mid-run is scanned again.
+    schema: String,
     by_room: Option<FxHashMap<String, Rc<FxHashSet<GroupId>>>>,
+}
+
+impl RunTangled {
+    fn is_for(&self, run: i64, tables: &StateTables) -> bool {
+        self.run == run && self.schema == tables.sql("@s.")
+    }
 }
 
 /// More tangled groups than this in the database (a badly damaged one): each room
@@ -378,15 +390,57 @@ thread_local! {
     static RUN_TANGLED: RefCell<Option<RunTangled>> = const { RefCell::new(None) };
 }
 
-/// The rooms a run may still work on (for `SpiStore::tangled_by_room`'s estimate).
-fn pending_rooms(client: &SpiClient<'_>) -> Result<Vec<String>> {
-    Ok(one::<Vec<String>>(
+/// At a run's first chunk (or after a schema switch): every room's tangled groups in
+/// one scan, when it pays (`SpiStore::tangled_by_room`), else each room finds its own.
+/// Outside the chunk's unit and its timing; a failure (even for resources) only means
+/// each room finds its own.
+fn find_run_tangled(client: &mut SpiClient<'_>, tables: &StateTables, run: i64) -> Result<()> {
+    // The rooms the run may still work on, for the estimate.
+    let rooms = one::<Vec<String>>(
         client,
         "SELECT coalesce(array_agg(room_id), '{}') FROM synapse_compress.room_queue \
          WHERE pending_groups > 0",
         &[],
     )?
-    .unwrap_or_default())
+    .unwrap_or_default();
+    let started = Instant::now();
+    let found = tables.owner().run(|| {
+        guard::optional(|| {
+            let mut store = SpiStore::new(client, tables, false).map_err(spi)?;
+            store.tangled_by_room(&rooms, MAX_RUN_TANGLED)
+        })
+    });
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    let by_room: Option<FxHashMap<String, Rc<FxHashSet<GroupId>>>> = match found {
+        Ok(Some(m)) => {
+            pgrx::debug1!(
+                "synapse_compress: run {run}: tangled groups found in one scan in {ms:.1} ms: {} in {} rooms",
+                m.values().map(|t| t.len()).sum::<usize>(),
+                m.len()
+            );
+            Some(m.into_iter().map(|(r, t)| (r, Rc::new(t))).collect())
+        }
+        Ok(None) => {
+            pgrx::debug1!("synapse_compress: run {run}: each room finds its tangled groups");
+            None
+        }
+        Err(message) => {
+            pgrx::log!(
+                "synapse_compress: run {run}: one scan for the tangled groups failed, each room \
+                 finds its own: {message}"
+            );
+            None
+        }
+    };
+    let schema = tables.sql("@s.");
+    RUN_TANGLED.with(|t| {
+        *t.borrow_mut() = Some(RunTangled {
+            run,
+            schema,
+            by_room,
+        })
+    });
+    Ok(())
 }
 
 /// What a run's driver does after a step.
@@ -489,6 +543,9 @@ fn run_chunk(client: &mut SpiClient<'_>, run: i64, row: RunRow) -> Result<Step> 
         min_saved_rows: gucs::MIN_SAVED_ROWS.get() as i64,
         memory_limit: gucs::memory_limit(),
     };
+    if !RUN_TANGLED.with(|t| t.borrow().as_ref().is_some_and(|t| t.is_for(run, &tables))) {
+        find_run_tangled(client, &tables, run)?;
+    }
     let started = Instant::now();
     // The room's last chunk of this run hands on everything; another room's, the
     // slice sizing only (a small room then fits in one slice, not FIRST_SLICE and the
@@ -498,13 +555,6 @@ fn run_chunk(client: &mut SpiClient<'_>, run: i64, row: RunRow) -> Result<Step> 
         Some(t) if t.run == run => (t.carried.sizing_only(), false),
         _ => (Carried::default(), false),
     });
-    // The run's first chunk: the rooms whose tangled groups one scan could find.
-    let first = !RUN_TANGLED.with(|t| t.borrow().as_ref().is_some_and(|t| t.run == run));
-    let pending = if first {
-        Some(pending_rooms(client)?)
-    } else {
-        None
-    };
     let result = guard::contained(|| {
         owner.run(|| {
             compress_chunk_as_owner(
@@ -515,7 +565,6 @@ fn run_chunk(client: &mut SpiClient<'_>, run: i64, row: RunRow) -> Result<Step> 
                 limits,
                 carried.clone(),
                 same_room,
-                pending.as_deref(),
                 run,
             )
         })
@@ -669,7 +718,7 @@ fn run_chunk(client: &mut SpiClient<'_>, run: i64, row: RunRow) -> Result<Step> 
 
 /// The chunk's rewrite and the room's progress, as the state tables' owner. `carried`:
 /// what the run's last chunk handed on, all of it if it was this room's (`same_room`);
-/// `pending`: the rooms with work, at the run's first chunk (see `RunTangled`).
+/// else the room's tangled groups come from the run's scan, if it made one.
 #[allow(clippy::too_many_arguments)]
 fn compress_chunk_as_owner(
     client: &mut SpiClient<'_>,
@@ -679,37 +728,24 @@ fn compress_chunk_as_owner(
     limits: ChunkLimits,
     carried: Carried,
     same_room: bool,
-    pending: Option<&[String]>,
     run: i64,
 ) -> Result<ChunkResult> {
-    let mut store = SpiStore::new(client, tables, true).map_err(spi)?;
-    if let Some(rooms) = pending {
-        let by_room: Option<FxHashMap<String, Rc<FxHashSet<GroupId>>>> = store
-            .tangled_by_room(rooms, MAX_RUN_TANGLED)?
-            .map(|m| m.into_iter().map(|(r, t)| (r, Rc::new(t))).collect());
-        match &by_room {
-            Some(m) => pgrx::debug1!(
-                "synapse_compress: run {run}: tangled groups found in one scan: {} in {} rooms",
-                m.values().map(|t| t.len()).sum::<usize>(),
-                m.len()
-            ),
-            None => {
-                pgrx::debug1!("synapse_compress: run {run}: each room finds its tangled groups")
-            }
-        }
-        RUN_TANGLED.with(|t| *t.borrow_mut() = Some(RunTangled { run, by_room }));
-    }
-    let carried = if same_room {
-        carried
-    } else {
-        RUN_TANGLED.with(|t| match &*t.borrow() {
-            Some(RunTangled {
-                run: r,
-                by_room: Some(by_room),
-            }) if *r == run => carried.with_tangled(by_room.get(room).cloned().unwrap_or_default()),
-            _ => carried,
+    let by_room = (!same_room)
+        .then(|| {
+            RUN_TANGLED.with(|t| match &*t.borrow() {
+                Some(found) if found.is_for(run, tables) => found
+                    .by_room
+                    .as_ref()
+                    .map(|m| m.get(room).cloned().unwrap_or_default()),
+                _ => None,
+            })
         })
+        .flatten();
+    let carried = match by_room {
+        Some(tangled) => carried.with_tangled(tangled),
+        None => carried,
     };
+    let mut store = SpiStore::new(client, tables, true).map_err(spi)?;
     let r = engine::compress_chunk(&mut store, room, progress, limits, carried)?;
     let last = LastChunk {
         run,

@@ -40,20 +40,7 @@ pub fn contained<T>(mut body: impl FnMut() -> Result<T, Error>) -> Result<T, Fai
     loop {
         attempt += 1;
         let sub = SubTransaction::begin();
-        let outcome = PgTryBuilder::new(AssertUnwindSafe(|| match body() {
-            Ok(v) => Attempt::Done(v),
-            Err(e) => Attempt::Failed(errors::sqlstate(&e), e.to_string()),
-        }))
-        .catch_others(|caught| match &caught {
-            CaughtError::PostgresError(r) | CaughtError::ErrorReport(r)
-                if !must_propagate(r.sql_error_code()) =>
-            {
-                Attempt::Failed(r.sql_error_code(), r.message().to_string())
-            }
-            _ => Attempt::Rethrow(Box::new(caught)),
-        })
-        .execute();
-        match outcome {
+        match try_once(&mut body, must_propagate) {
             Attempt::Done(v) => {
                 sub.end(true);
                 return Ok(v);
@@ -87,6 +74,57 @@ pub fn contained<T>(mut body: impl FnMut() -> Result<T, Error>) -> Result<T, Fai
             }
         }
     }
+}
+
+/// Run optional work, whose failure only costs speed, in a subtransaction: its writes
+/// are kept if it returns `Ok`; any error (from PostgreSQL or the core) undoes it and
+/// comes back as its message, even a resource error (class 53: the work it saves is
+/// done another way, in smaller pieces). Query cancel, timeouts, shutdown and system
+/// errors (classes 57 and 58) are re-raised.
+pub fn optional<T>(body: impl FnOnce() -> Result<T, Error>) -> Result<T, String> {
+    let sub = SubTransaction::begin();
+    let stops: fn(PgSqlErrorCode) -> bool = |code| {
+        let state = errors::sqlstate_text(code);
+        state.starts_with("57") || state.starts_with("58")
+    };
+    match try_once(body, stops) {
+        Attempt::Done(v) => {
+            sub.end(true);
+            Ok(v)
+        }
+        Attempt::Rethrow(caught) => {
+            sub.end(false);
+            caught.rethrow();
+        }
+        Attempt::Failed(code, message) => {
+            sub.end(false);
+            Err(format!(
+                "{message} (SQLSTATE {})",
+                errors::sqlstate_text(code)
+            ))
+        }
+    }
+}
+
+/// One try of `body`: its result, or the error it raised, unless `propagate` says the
+/// error's SQLSTATE must go on up (then it is to be re-raised).
+fn try_once<T>(
+    body: impl FnOnce() -> Result<T, Error>,
+    propagate: fn(PgSqlErrorCode) -> bool,
+) -> Attempt<T> {
+    PgTryBuilder::new(AssertUnwindSafe(|| match body() {
+        Ok(v) => Attempt::Done(v),
+        Err(e) => Attempt::Failed(errors::sqlstate(&e), e.to_string()),
+    }))
+    .catch_others(|caught| match &caught {
+        CaughtError::PostgresError(r) | CaughtError::ErrorReport(r)
+            if !propagate(r.sql_error_code()) =>
+        {
+            Attempt::Failed(r.sql_error_code(), r.message().to_string())
+        }
+        _ => Attempt::Rethrow(Box::new(caught)),
+    })
+    .execute()
 }
 
 /// Whether this transaction keeps one snapshot (REPEATABLE READ or SERIALIZABLE).

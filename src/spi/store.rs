@@ -237,7 +237,9 @@ impl<'a, 'conn> SpiStore<'a, 'conn> {
         }
         // Mostly nobody holds any of them: NOWAIT takes them all in one statement.
         // Refused, it took none (its subtransaction is undone), and the rounds below
-        // find a busy row to wait for.
+        // find a busy row to wait for. (NOWAIT is for rows: a table lock is waited for
+        // up to lock_timeout, whose 55P03 also lands here; holding nothing, the rounds
+        // may then wait as long again.)
         let sub = SubTransaction::begin();
         let fast = PgTryBuilder::new(AssertUnwindSafe(|| {
             Some(self.lock_rows(sql, Mode::NoWait, ids))
