@@ -205,6 +205,13 @@ impl StateTables {
             )
             .map_err(spi)?;
         free_result();
+        // Whoever held the lock before us may have created them: then there is nothing
+        // to do (and no "already exists, skipping" NOTICE for the caller). Catalog
+        // lookups see what committed after this transaction's snapshot.
+        if self.tool_tables_exist(client)? {
+            self.has_tool_tables = true;
+            return Ok(());
+        }
         for ddl in [
             "CREATE TABLE IF NOT EXISTS @s.state_compressor_state ( \
                  room_id TEXT NOT NULL, level_num INT NOT NULL, max_size INT NOT NULL, \
@@ -239,6 +246,27 @@ impl StateTables {
         free_result();
         self.has_tool_tables = true;
         Ok(())
+    }
+
+    fn tool_tables_exist(&self, client: &mut SpiClient<'_>) -> Result<bool> {
+        let names: Vec<String> = TOOL_TABLES
+            .iter()
+            .map(|t| format!("{}.{}", self.schema, t))
+            .collect();
+        let all = client
+            .select(
+                "SELECT pg_catalog.bool_and(pg_catalog.to_regclass(t) IS NOT NULL) \
+                 FROM pg_catalog.unnest($1::pg_catalog.text[]) AS t",
+                None,
+                &[names.into()],
+            )
+            .map_err(spi)?
+            .first()
+            .get_one::<bool>()
+            .map_err(spi)?
+            .unwrap_or(false);
+        free_result();
+        Ok(all)
     }
 
     /// The role that owns the tables, to run their accesses as (`Owner::run`).
