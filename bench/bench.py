@@ -1,7 +1,8 @@
 """`make bench`: synapse_compress side by side with the existing tool and the raw limit.
 
 Run through scripts/bench.sh (it sets up the virtualenv and the cluster):
-    bash scripts/bench.sh [--scale F] [--only W1,W2] [--no-tool] [--sql-check] [--out FILE]
+    bash scripts/bench.sh [--scale F] [--only W1,W2,scaling,levels] [--no-tool] [--sql-check]
+                          [--out FILE]
 
 For each workload a generated Synapse database is loaded once into a template; each
 contender gets its own copy (CREATE DATABASE ... TEMPLATE), VACUUM ANALYZE and a
@@ -14,6 +15,9 @@ CHECKPOINT before its timed run:
         takes (chunk_pause 0);
   raw   the same rows read in group order (COPY ... TO '/dev/null') plus one
         INSERT ... SELECT of compress_room's rows_after rows into an indexed scratch table.
+levels: compress_room on the headline preset under each of SWEEP's levels, for the
+rows after against the read latency and the longest chain (levels "100" rewrites
+nothing: the measurement's own noise).
 Every group's resolved state is fingerprinted before and after each contender. Ours
 run at client_min_messages = debug1, and their DEBUG1 lines give the time by phase
 (load, resolve, plan, verify, write, read back; the rest is bookkeeping).
@@ -56,6 +60,9 @@ WORKLOADS = {"headline": ("headline", 1), "bigstate": ("bigstate", 1),
 PATHS = {"room": "compress_room", "db": "compress_database"}
 PHASES = ("load", "resolve", "plan", "verify", "write", "read back")
 SCALING = (1 / 16, 1 / 4, 1)  # multiples of the base scale, for the headline preset
+# compress_room's levels against read latency on the headline preset ("levels"): the
+# default first, then shallower trees (fewer hops per read, more rows).
+SWEEP = (LEVELS, "50,25", "30,15", "100")
 
 # Synapse's full-state read, verbatim from _get_state_groups_from_groups_txn
 # (synapse/storage/databases/state/bg_updates.py, StateFilter.all(): empty where
@@ -312,7 +319,7 @@ class PhaseLog(list):
             super().append(notice)
 
 
-def run_ours(cl, db, path):
+def run_ours(cl, db, path, levels=LEVELS):
     """One of our paths, in one backend whose peak private memory is sampled."""
     cl.query(db, "CREATE EXTENSION IF NOT EXISTS synapse_compress")
     conn = cl.connect(db)
@@ -334,7 +341,7 @@ def run_ours(cl, db, path):
             rooms = [r for r, in cur.fetchall()]
             how = "compress_room" + (" per room" if len(rooms) > 1 else "")
             for room in rooms:  # autocommit: one transaction per room
-                cur.execute("SELECT * FROM compress_room(%s, levels => %s)", (room, LEVELS))
+                cur.execute("SELECT * FROM compress_room(%s, levels => %s)", (room, levels))
         seconds = time.perf_counter() - t
         peak_kb = rss.finish()
         cur.execute("RESET client_min_messages")
@@ -396,8 +403,9 @@ def run_raw(cl, db, rows_after):
     return {"seconds": read + write, "read": read, "write": write}
 
 
-def contender(cl, tpl, name, before, sample, args, run):
-    """Copy, run, then rows after, state check and read latency on the result."""
+def contender(cl, tpl, name, before, sample, args, run, after=None):
+    """Copy, run, then rows after, state check and read latency on the result (and
+    `after(db)`'s figures)."""
     db = copy(cl, tpl, name)
     if args.sql_check:
         sql_check(cl, db, "before")
@@ -416,6 +424,8 @@ def contender(cl, tpl, name, before, sample, args, run):
         if args.sql_check:
             res["sql_check"] = sql_check(cl, db, "after")
         res["read"] = read_latency(cl, db, sample)
+        if after:
+            res.update(after(db))
     if not args.keep:
         drop(cl, db)
     return res
@@ -434,14 +444,44 @@ def workload(cl, args, name, preset, seed, scale, paths=tuple(PATHS)):
         r[path] = contender(cl, tpl, f"b_{name}_{path}", before, sample, args,
                             lambda db, path=path: run_ours(cl, db, path))
         log(f"[{name}] {PATHS[path]}: {fmt_res(r[path])}")
-    rows_after = r[paths[0]].get("rows_after", r["rows"])
-    db = copy(cl, tpl, f"b_{name}_raw")
-    r["raw"] = run_raw(cl, db, rows_after)
-    drop(cl, db)
-    log(f"[{name}] raw: {r['raw']['seconds']:.2f}s (read {r['raw']['read']:.2f}s, "
-        f"write {r['raw']['write']:.2f}s)")
+    if paths:
+        rows_after = r[paths[0]].get("rows_after", r["rows"])
+        db = copy(cl, tpl, f"b_{name}_raw")
+        r["raw"] = run_raw(cl, db, rows_after)
+        drop(cl, db)
+        log(f"[{name}] raw: {r['raw']['seconds']:.2f}s (read {r['raw']['read']:.2f}s, "
+            f"write {r['raw']['write']:.2f}s)")
     r["_ctx"] = (tpl, before, sample)
     return r
+
+
+def max_hops(cl, db):
+    """The longest chain: hops from any group down to its snapshot (Synapse reads walk them)."""
+    return cl.query(db, """WITH RECURSIVE d(id, hops) AS (
+            SELECT g.id, 0 FROM state_groups g
+            WHERE NOT EXISTS (SELECT FROM state_group_edges e WHERE e.state_group = g.id)
+          UNION ALL
+            SELECT e.state_group, d.hops + 1 FROM state_group_edges e
+            JOIN d ON e.prev_state_group = d.id)
+        SELECT coalesce(max(hops), 0) FROM d""")[0][0]
+
+
+def levels_sweep(cl, args, results):
+    """compress_room on the headline preset under each of SWEEP's levels: rows against reads."""
+    r = next((r for r in results if r["name"] == "headline"), None)
+    if r is None:
+        r = workload(cl, args, "headline", *WORKLOADS["headline"], args.scale, paths=())
+    tpl, before, sample = r["_ctx"]
+    sweep = {"rows_before": r["rows"], "read_before": r["read_before"],
+             "hops_before": max_hops(cl, tpl), "settings": []}
+    for levels in SWEEP:
+        res = contender(cl, tpl, "b_levels", before, sample, args,
+                        lambda db, levels=levels: run_ours(cl, db, "room", levels),
+                        after=lambda db: {"hops": max_hops(cl, db)})
+        res["levels"] = levels
+        sweep["settings"].append(res)
+        log(f"[levels {levels}] {fmt_res(res)}, max hops {res.get('hops')}")
+    return sweep
 
 
 def tool_phase(cl, args, r):
@@ -482,7 +522,7 @@ def table(header, rows):
     return "\n".join(lines)
 
 
-def report(results, scaling, meta):
+def report(results, scaling, sweep, meta):
     out = [f"# Benchmarks\n\nGenerated by `make bench` (scripts/bench.sh, bench/bench.py); "
            f"do not edit by hand.\n",
            f"- command: `{meta['command']}` (= `{meta['script']}`), took {meta['minutes']:.0f} min",
@@ -558,6 +598,24 @@ def report(results, scaling, meta):
                         ratio(sec(r, "room"), r["raw"]["seconds"]),
                         mb(get(r.get("room"), "peak_kb")), mb(get(r.get("db"), "peak_kb"))]
                        for r in scaling])]
+    if sweep:
+        tool = next((r.get("tool") for r in results if r["name"] == "headline"), None)
+        out += ["\n## Rows against reads (headline preset, compress_room)\n",
+                "The levels decide how deep the tree of deltas is: a read walks every hop from "
+                "a group down to its snapshot, and the rows of each. Synapse stores a snapshot "
+                "every 100 groups (chains of at most 99 hops). Each setting's rows after, the "
+                "longest chain (max hops) and the same read as above (median / p99 ms).\n",
+                table(["levels", "max hops", "rows after", "rows/before", "read ms", "p99/before"],
+                      [["stored by Synapse", sweep["hops_before"], sweep["rows_before"], "1.00x",
+                        lat(sweep["read_before"]), "1.00x"]]
+                      + ([["the tool, " + LEVELS, "-", tool["rows_after"],
+                           ratio(tool["rows_after"], sweep["rows_before"], 2), lat(tool["read"]),
+                           ratio(tool["read"][1], sweep["read_before"][1], 2)]]
+                         if tool and "error" not in tool else [])
+                      + [[s["levels"], s.get("hops", "-"), get(s, "rows_after") or "-",
+                          ratio(get(s, "rows_after"), sweep["rows_before"], 2), lat(get(s, "read")),
+                          ratio(get(s, "read") and s["read"][1], sweep["read_before"][1], 2)]
+                         for s in sweep["settings"]])]
     notes = [f"- {r['name']}: {PATHS[w]}: {n}" for r in results for w in PATHS
              for n in get(r.get(w), "notes") or []]
     notes += [f"- {r['name']}: tool: {t['calls']} calls, {t['warnings']} warnings (chunks it skipped "
@@ -566,7 +624,7 @@ def report(results, scaling, meta):
               for who in ("tool", *PATHS) if r.get(who) and "error" in r[who]]
     if notes:
         out += ["\n## Runs\n", *notes]
-    out += ["\n## Targets (issue 11)\n", targets(results, scaling)]
+    out += ["\n## Targets (issue 11)\n", targets(results, scaling, sweep)]
     return "\n".join(out) + "\n"
 
 
@@ -607,7 +665,7 @@ def per_mrow(seconds, rows):
     return "-" if seconds is None else f"{seconds * 1000 / (rows / 1e6):.0f}"
 
 
-def targets(results, scaling):
+def targets(results, scaling, sweep):
     """Each target of issue 11 with the measured figure; '-' when not measured in this run."""
     by = {r["name"]: r for r in results}
     lines = []
@@ -657,6 +715,19 @@ def targets(results, scaling):
             ok = None if None in per else max(per) <= 1.2 * min(per)
             line(f"{PATHS[w]} ms per million rows within 20% from 1x to 16x", ok,
                  ", ".join(per_mrow(sec(r, w), r["rows"]) for r in scaling))
+    if sweep:
+        p99 = sweep["read_before"][1]
+        fit = [s for s in sweep["settings"] if get(s, "read") and s["read"][1] <= p99]
+        best = min(fit, key=lambda s: s["rows_after"], default=None)
+        line("a setting keeps read p99 no slower than before on headline",
+             best is not None,
+             f"levels {best['levels']}: {lat(best['read'])} ms, rows "
+             f"{ratio(best['rows_after'], sweep['rows_before'], 2)} of before" if best
+             else f"none of {', '.join(s['levels'] for s in sweep['settings'])}")
+        for s in sweep["settings"]:
+            if "check" in s:
+                line(f"state identical after compress_room, levels {s['levels']}, on headline",
+                     s["check"] == "ok", s["check"])
     for r in results:
         for who in ("tool", *PATHS):
             if r.get(who) and "check" in r[who]:
@@ -688,8 +759,8 @@ def machine(cl, argv):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scale", type=float, default=1.0, help="multiplies every workload (default 1)")
-    p.add_argument("--only", default=",".join([*WORKLOADS, "scaling"]),
-                   help="comma-separated subset of: " + ", ".join([*WORKLOADS, "scaling"]))
+    p.add_argument("--only", default=",".join([*WORKLOADS, "scaling", "levels"]),
+                   help="comma-separated subset of: " + ", ".join([*WORKLOADS, "scaling", "levels"]))
     p.add_argument("--no-tool", action="store_true", help="skip the existing tool")
     p.add_argument("--sql-check", action="store_true",
                    help="also run pgrx-tests/e2e/lib.sql's exact sc_test check (slow)")
@@ -699,7 +770,7 @@ def main():
     p.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
     args = p.parse_args()
     only = [w for w in args.only.split(",") if w]
-    unknown = set(only) - {*WORKLOADS, "scaling"}
+    unknown = set(only) - {*WORKLOADS, "scaling", "levels"}
     if unknown:
         p.error(f"unknown workloads: {', '.join(sorted(unknown))}")
 
@@ -717,11 +788,12 @@ def main():
             same = next((r for r in results if r["name"] == "headline" and f == 1), None)
             scaling.append(same or workload(cl, args, f"headline_{f * 16:g}x", "headline", 1,
                                             args.scale * f))
+    sweep = levels_sweep(cl, args, results) if "levels" in only else None
     if not args.no_tool:
         for r in results:
             tool_phase(cl, args, r)
     meta["minutes"] = (time.monotonic() - start) / 60
-    text = report(results, scaling, meta)
+    text = report(results, scaling, sweep, meta)
     print(text)
     with open(args.out, "w") as f:
         f.write(text)
@@ -729,6 +801,8 @@ def main():
     # An error or a changed state of ours is a bug to look at: make the run fail.
     failed = [f"{r['name']} {PATHS[w]}" for r in results + scaling for w in PATHS if r.get(w)
               and ("error" in r[w] or r[w]["check"] != "ok" or r[w].get("sql_check", "ok") != "ok")]
+    failed += [f"headline compress_room levels {s['levels']}" for s in (sweep or {}).get("settings", [])
+               if "error" in s or s["check"] != "ok"]
     if failed:
         log(f"FAILED (ours): {', '.join(failed)}")
         sys.exit(1)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make bench`: synapse_compress against the existing tool (synapse_auto_compressor)
 # and the raw read+write limit, on generated workloads; writes BENCHMARKS.md.
-#   scripts/bench.sh [--scale F] [--only headline,bigstate,manyrooms,forks,spamjoin,scaling]
+#   scripts/bench.sh [--scale F] [--only headline,bigstate,manyrooms,forks,spamjoin,scaling,levels]
 #                    [--no-tool] [--sql-check] [--out FILE]      (--help for all)
 # Needs the extension installed (make bench runs `make install build` first).
 set -euo pipefail
