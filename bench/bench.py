@@ -277,6 +277,11 @@ def read_latency(cl, db, sample, reps=3):
     return statistics.median(times), times[min(len(times) - 1, int(len(times) * 0.99))]
 
 
+def rss_anon_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("RssAnon:"))
+
+
 class PeakRss:
     """scripts/peak-rss.sh on a pid: its peak RssAnon (private memory) in kB."""
 
@@ -304,10 +309,12 @@ class PhaseLog(list):
     LINE = re.compile(r"time by phase: (.*)$")
     ITEM = re.compile(r"([a-z][a-z ]*?) ([0-9.]+) ms")
     START = re.compile(r"run \d+ started in ([0-9.]+) ms")
+    ACCOUNTED = re.compile(r"memory accounted at peak: (\d+) kB")
 
     def __init__(self):
         super().__init__()
         self.ms = defaultdict(float)
+        self.accounted_kb = None
 
     def append(self, notice):
         if m := self.LINE.search(notice.strip()):
@@ -315,6 +322,8 @@ class PhaseLog(list):
                 self.ms[name.strip()] += float(ms)
         elif m := self.START.search(notice):
             self.ms["other"] += float(m.group(1))
+        elif m := self.ACCOUNTED.search(notice):
+            self.accounted_kb = max(self.accounted_kb or 0, int(m.group(1)))
         elif not notice.startswith("DEBUG"):
             super().append(notice)
 
@@ -331,7 +340,9 @@ def run_ours(cl, db, path, levels=LEVELS):
         cur.execute("SET synapse_compress.chunk_pause = 0")
         cur.execute("SET client_min_messages = debug1")
         cur.execute("SELECT pg_backend_pid()")
-        rss = PeakRss(cur.fetchone()[0])
+        pid = cur.fetchone()[0]
+        start_kb = rss_anon_kb(pid)
+        rss = PeakRss(pid)
         t = time.perf_counter()
         if path == "db":
             how = "CALL compress_database()"
@@ -349,11 +360,14 @@ def run_ours(cl, db, path, levels=LEVELS):
         how += f" (chunk_size {cur.fetchone()[0]})"
         summary = [n.strip() for n in conn.notices if "compress_database:" in n][-1:]
         phases = {k: v / 1000 for k, v in conn.notices.ms.items()}
+        accounted_kb = conn.notices.accounted_kb
     finally:
         conn.close()
     # What no DEBUG1 line covers: commits, the procedure's loop, the client's calls.
     phases["driver"] = max(0.0, seconds - sum(phases.values()))
-    return {"seconds": seconds, "peak_kb": peak_kb, "how": how, "notes": summary,
+    return {"seconds": seconds, "peak_kb": peak_kb, "start_kb": start_kb,
+            "accounted_kb": accounted_kb, "how": how,
+            "notes": summary,
             "library": library_stamp(), "phases": phases}
 
 
@@ -576,6 +590,15 @@ def report(results, scaling, sweep, meta):
                         *[ratio(get(r.get(w), "peak_kb"), get(r.get("tool"), "peak_kb"), 2)
                           for w in PATHS],
                         *[state_text(r.get(w)) for w in ("tool", *PATHS)]] for r in results]),
+                "\nWhere compress_room's backend memory goes (MB): private memory when the call "
+                "started (the backend, its caches, the extension loaded), the most the engine's "
+                "own accounting (`synapse_compress.memory_limit`) held, and the peak; peak - "
+                "start - accounted is what the accounting does not see (SPI's and the "
+                "allocator's share).\n",
+                table(["workload", "at start", "accounted", "peak", "unaccounted"],
+                      [[r["name"], mb(get(r.get("room"), "start_kb")),
+                        mb(get(r.get("room"), "accounted_kb")), mb(get(r.get("room"), "peak_kb")),
+                        mb(unaccounted(r.get("room")))] for r in results]),
                 "\n## Reading state\n",
                 f"Synapse's full-state read (`_get_state_groups_from_groups_txn`, verbatim, after "
                 f"`SET LOCAL enable_seqscan=off`) over the same {meta['sample']} groups, ms, "
@@ -655,6 +678,11 @@ def state_text(res):
     if "error" in res:
         return f"ERROR: {res['error']}"
     return res["check"] + (f" (sc_test: {res['sql_check']})" if "sql_check" in res else "")
+
+
+def unaccounted(res):
+    k = [get(res, x) for x in ("peak_kb", "start_kb", "accounted_kb")]
+    return None if None in k else max(0, k[0] - k[1] - k[2])
 
 
 def lat(pair):

@@ -67,6 +67,12 @@ fn compress_room(
         "synapse_compress: compress_room {room}: time by phase: {}",
         summary.phases.with_other(started.elapsed())
     );
+    // What the engine's accounting (synapse_compress.memory_limit) saw at its peak: set
+    // beside the backend's private memory, it shows what the accounting does not see.
+    debug1!(
+        "synapse_compress: compress_room {room}: memory accounted at peak: {} kB",
+        summary.memory_peak / 1024
+    );
 
     match &summary.not_written {
         None | Some(NotWritten::DryRun) => {}
