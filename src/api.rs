@@ -70,8 +70,11 @@ fn compress_room(
     // What the engine's accounting (synapse_compress.memory_limit) saw at its peak: set
     // beside the backend's private memory, it shows what the accounting does not see.
     debug1!(
-        "synapse_compress: compress_room {room}: memory accounted at peak: {} kB",
-        summary.memory_peak / 1024
+        "synapse_compress: compress_room {room}: memory accounted at peak: {} kB; in SPI's procedure context at the end: {}",
+        summary.memory_peak / 1024,
+        SPI_PROC_BYTES
+            .take()
+            .map_or("unknown".to_string(), |b| format!("{} kB", b / 1024))
     );
 
     match &summary.not_written {
@@ -207,8 +210,27 @@ fn run(room: &str, opts: Options, dry_run: bool, min_saved_rows: i64) -> Result<
         if let (false, Some(end)) = (dry_run, &summary.end) {
             crate::revisit::record_room(client, &tables, room, end.last_compressed)?;
         }
+        SPI_PROC_BYTES.set(spi_proc_bytes());
         Ok(summary)
     })
+}
+
+thread_local! {
+    /// What the last `run` left in SPI's procedure context (`spi_proc_bytes`).
+    static SPI_PROC_BYTES: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// The memory held by SPI's procedure context, which lives as long as the connection
+/// (the whole call): what was allocated there piles up with the room's size, unseen by
+/// `memory_limit`. SPI makes it current after each of its calls, so it is measured only
+/// when it is current (`None` otherwise).
+fn spi_proc_bytes() -> Option<u64> {
+    // SAFETY: backend thread; reading the current context's name and size.
+    unsafe {
+        let cx = pg_sys::CurrentMemoryContext;
+        let name = std::ffi::CStr::from_ptr((*cx).name);
+        (name == c"SPI Proc").then(|| pg_sys::MemoryContextMemAllocated(cx, false) as u64)
+    }
 }
 
 fn compress_as_owner(

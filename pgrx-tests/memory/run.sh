@@ -11,7 +11,8 @@
 #     (compress_database does not raise: it records 53200 as the room's last error
 #     and goes on);
 #   - at least one limit per room wrote (so the peak was measured on real work);
-# and a limit of 1MB fails with SQLSTATE 53200, nothing written, on every room.
+# and a limit of 1MB fails with SQLSTATE 53200, nothing written, on every room; and
+# compress_room leaves nothing in SPI's procedure context (see the end).
 # Prints a table: room members, caller, limit, outcome, peak RssAnon MB, time.
 #
 # Env: PG_CONFIG, MEMORY_DIR, MEMORY_PORT, MEMORY_ROOMS (members, space-separated),
@@ -173,5 +174,28 @@ for members in $ROOMS; do
     [ "$wrote" -ge 1 ] || fail "$members members: no limit wrote, no peak measured on real work"
     psql -d postgres -c "DROP DATABASE $tmpl"
 done
+# Nothing piles up in SPI's procedure context. It lives as long as the SPI connection
+# (a whole compress_room call), memory_limit does not see it, and SPI makes it current
+# after each of its calls: arguments built after one (a chunk's ids, the rows written,
+# about 270 bytes per row) stayed there until the call ended, 19 MB on an
+# 18,000-group room. compress_room's DEBUG1 line says what is left there at the end;
+# a generated room of about 3,700 groups and 10,000 rows written must leave < 256 kB.
+GEN="$ROOT/target/release/synapse-compress-gen"
+db=spi_proc
+bash scripts/cluster.sh createdb "$DIR" "$PORT" "$db" >/dev/null || exit 1
+psql -d "$db" -c "CREATE EXTENSION synapse_compress" >/dev/null || exit 1
+"$GEN" --preset headline --scale 0.05 --seed 3 | psql -d "$db" >/dev/null || exit 1
+room=$(psql -d "$db" -At -c "SELECT room_id FROM state_groups LIMIT 1")
+line=$(echo "SELECT written FROM compress_room(:'room');" \
+       | PGOPTIONS='-c client_min_messages=debug1' psql -d "$db" -At -v room="$room" 2>&1 \
+       | grep "in SPI's procedure context at the end")
+kb=$(sed -n "s/.*in SPI's procedure context at the end: \([0-9]*\) kB.*/\1/p" <<<"$line")
+echo "SPI's procedure context after compress_room of $room: ${kb:-?} kB"
+if [ -z "$kb" ]; then
+    fail "compress_room's DEBUG1 line did not report SPI's procedure context: $line"
+elif [ "$kb" -ge 256 ]; then
+    fail "compress_room left $kb kB in SPI's procedure context (>= 256 kB)"
+fi
+psql -d postgres -c "DROP DATABASE $db"
 if [ "$failures" = 0 ]; then echo "memory: ok"; else echo "memory: $failures failures"; fi
 [ "$failures" = 0 ]

@@ -9,6 +9,7 @@
 //! every call builds its arguments in a scratch context reset afterwards: backend
 //! memory then follows the chunk, not the room.
 
+use std::cell::Cell;
 use std::panic::AssertUnwindSafe;
 
 use pgrx::datum::DatumWithOid;
@@ -36,6 +37,8 @@ pub struct SpiStore<'a, 'conn> {
     scan: Option<(SpiCursor<'conn>, GroupId)>,
     subxact: Option<SubTransaction>,
     scratch: PgMemoryContexts,
+    /// Inside `scratch`: every SPI call is followed by `rescratch`.
+    in_scratch: Cell<bool>,
 }
 
 pub fn spi(e: pgrx::spi::SpiError) -> Error {
@@ -187,21 +190,49 @@ impl<'a, 'conn> SpiStore<'a, 'conn> {
             scan: None,
             subxact: None,
             scratch,
+            in_scratch: Cell::new(false),
         })
     }
 
     /// Run `f` with argument datums allocated in the scratch context, then free them.
+    /// Nested calls run in the outer one's context (an inner reset would free the outer
+    /// call's arguments).
     fn scratch<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> T {
+        if self.in_scratch.get() {
+            return f(self);
+        }
         let cx = self.scratch.value();
         // SAFETY: backend thread; the previous context is restored before returning
         // (an ERROR longjmps past this, and the aborted transaction frees both).
         let old = unsafe { pg_sys::MemoryContextSwitchTo(cx) };
-        let out = f(self);
+        self.in_scratch.set(true);
+        let out = {
+            // Unwinding (an ERROR as a Rust panic) leaves the flag clear too.
+            struct Leave(*const Cell<bool>);
+            impl Drop for Leave {
+                fn drop(&mut self) {
+                    // SAFETY: the flag is the store's, which outlives this frame.
+                    unsafe { (*self.0).set(false) }
+                }
+            }
+            let _leave = Leave(&self.in_scratch);
+            f(self)
+        };
+        // SAFETY: as above.
         unsafe {
             pg_sys::MemoryContextSwitchTo(old);
             pg_sys::MemoryContextReset(cx);
         }
         out
+    }
+
+    /// SPI leaves its procedure context current after every call (`_SPI_end_call`),
+    /// and that context lives until the connection ends: the whole `compress_room`
+    /// call. So inside `scratch` the scratch context is made current again after each
+    /// call; else the next call's arguments (a chunk's ids, the rows it writes, about
+    /// 270 bytes per row) would pile up there for the whole room.
+    fn rescratch(&self) {
+        rescratch(&self.in_scratch, &self.scratch);
     }
 
     /// Run a query and map each row; the result table is freed before returning.
@@ -211,11 +242,9 @@ impl<'a, 'conn> SpiStore<'a, 'conn> {
         args: &[DatumWithOid],
         mut f: impl FnMut(&SpiHeapTupleData) -> Result<T>,
     ) -> Result<Vec<T>> {
-        let table = self
-            .client
-            .select(&self.tables.sql(sql), None, args)
-            .map_err(spi)?;
-        let out = table.map(|row| f(&row)).collect();
+        let table = self.client.select(&self.tables.sql(sql), None, args);
+        self.rescratch();
+        let out = table.map_err(spi)?.map(|row| f(&row)).collect();
         free_result();
         out
     }
@@ -223,7 +252,9 @@ impl<'a, 'conn> SpiStore<'a, 'conn> {
     /// Run a statement that writes or locks; its result is freed.
     fn update(&mut self, sql: &str, args: &[DatumWithOid]) -> Result<()> {
         let sql = self.tables.sql(sql);
-        self.client.update(&sql, None, args).map_err(spi)?;
+        let done = self.client.update(&sql, None, args);
+        self.rescratch();
+        done.map_err(spi)?;
         free_result();
         Ok(())
     }
@@ -281,7 +312,9 @@ impl<'a, 'conn> SpiStore<'a, 'conn> {
     fn lock_rows(&mut self, sql: &str, mode: Mode, ids: &[GroupId]) -> Result<Vec<GroupId>> {
         let sql = self.tables.sql(&format!("{sql}{}", mode.clause()));
         let args: [DatumWithOid; 1] = [ids.to_vec().into()];
-        let table = self.client.update(&sql, None, &args).map_err(spi)?;
+        let table = self.client.update(&sql, None, &args);
+        self.rescratch();
+        let table = table.map_err(spi)?;
         let mut out = Vec::with_capacity(ids.len());
         for row in table {
             out.extend(row.get::<i64>(1).map_err(spi)?);
@@ -373,11 +406,13 @@ impl<'a, 'conn> SpiStore<'a, 'conn> {
         })?;
         let mut allowance = LoadAllowance::new(max_bytes);
         let sql = self.tables.sql(LOAD_ROWS);
-        let mut cursor = self.client.try_open_cursor(&sql, &arg()).map_err(spi)?;
+        let cursor = self.client.try_open_cursor(&sql, &arg());
+        self.rescratch();
+        let mut cursor = cursor.map_err(spi)?;
         loop {
-            let batch = cursor
-                .fetch(LOAD_BATCH_ROWS as std::ffi::c_long)
-                .map_err(spi)?;
+            let batch = cursor.fetch(LOAD_BATCH_ROWS as std::ffi::c_long);
+            self.rescratch();
+            let batch = batch.map_err(spi)?;
             let fetched = batch.len();
             let read = batch.into_iter().try_for_each(|row| {
                 let id: GroupId = row.get(1).map_err(spi)?.unwrap_or_default();
@@ -427,16 +462,19 @@ impl<'a, 'conn> SpiStore<'a, 'conn> {
                 "SELECT id FROM @s.state_groups WHERE room_id = $1 AND id > $2 AND id <= $3 ORDER BY id";
             let args: [DatumWithOid; 3] = [room.into(), after.into(), upto.into()];
             let sql = self.tables.sql(sql);
-            let cursor = self.client.try_open_cursor_mut(&sql, &args).map_err(spi)?;
-            self.scan = Some((cursor, after));
+            let cursor = self.client.try_open_cursor_mut(&sql, &args);
+            self.rescratch();
+            self.scan = Some((cursor.map_err(spi)?, after));
         }
-        let (cursor, at) = self.scan.as_mut().expect("scan is open");
+        let (cursor, _) = self.scan.as_mut().expect("scan is open");
+        let batch = cursor.fetch(limit as std::ffi::c_long);
+        rescratch(&self.in_scratch, &self.scratch);
         let mut ids = Vec::with_capacity(limit);
-        for row in cursor.fetch(limit as std::ffi::c_long).map_err(spi)? {
+        for row in batch.map_err(spi)? {
             ids.extend(row.get::<i64>(1).map_err(spi)?);
         }
         free_result();
-        if let Some(&last) = ids.last() {
+        if let (Some(&last), Some((_, at))) = (ids.last(), self.scan.as_mut()) {
             *at = last;
         }
         Ok(ids)
@@ -600,15 +638,9 @@ impl Store for SpiStore<'_, '_> {
                 let sql = s.tables.sql(
                     "UPDATE @s.state_groups SET event_id = event_id WHERE id = ANY($1) RETURNING id",
                 );
-                let table = s
-                    .client
-                    .update(
-                        &sql,
-                        None,
-                        &[prevs.clone().into()],
-                    )
-                    .map_err(spi)?;
-                let got = table.len();
+                let table = s.client.update(&sql, None, &[prevs.clone().into()]);
+                s.rescratch();
+                let got = table.map_err(spi)?.len();
                 free_result();
                 if got != want {
                     return Err(Error::Concurrent {
@@ -660,6 +692,17 @@ impl Store for SpiStore<'_, '_> {
 
     fn check_interrupts(&mut self) {
         pgrx::check_for_interrupts!();
+    }
+}
+
+/// `SpiStore::rescratch` over the two fields it needs (callable while another field is
+/// borrowed).
+fn rescratch(in_scratch: &Cell<bool>, scratch: &PgMemoryContexts) {
+    if in_scratch.get() {
+        // SAFETY: backend thread; the context lives as long as the store.
+        unsafe {
+            pg_sys::MemoryContextSwitchTo(scratch.value());
+        }
     }
 }
 
