@@ -220,16 +220,16 @@ thread_local! {
     static SPI_PROC_BYTES: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
 }
 
-/// The memory held by SPI's procedure context, which lives as long as the connection
-/// (the whole call): what was allocated there piles up with the room's size, unseen by
-/// `memory_limit`. SPI makes it current after each of its calls, so it is measured only
+/// The memory held by SPI's procedure context and its children (result tables left
+/// unfreed), which live as long as the connection (the whole call): what was allocated
+/// there piles up with the room's size, unseen by `memory_limit`. SPI makes it current after each of its calls, so it is measured only
 /// when it is current (`None` otherwise).
 fn spi_proc_bytes() -> Option<u64> {
     // SAFETY: backend thread; reading the current context's name and size.
     unsafe {
         let cx = pg_sys::CurrentMemoryContext;
         let name = std::ffi::CStr::from_ptr((*cx).name);
-        (name == c"SPI Proc").then(|| pg_sys::MemoryContextMemAllocated(cx, false) as u64)
+        (name == c"SPI Proc").then(|| pg_sys::MemoryContextMemAllocated(cx, true) as u64)
     }
 }
 

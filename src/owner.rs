@@ -206,8 +206,11 @@ impl StateTables {
             .map_err(spi)?;
         free_result();
         // Whoever held the lock before us may have created them: then there is nothing
-        // to do (and no "already exists, skipping" NOTICE for the caller). Catalog
-        // lookups see what committed after this transaction's snapshot.
+        // to do (and no "already exists, skipping" NOTICE for the caller). The catalog
+        // caches are refreshed first, as after any lock PostgreSQL takes itself; should
+        // the lookup still miss them, CREATE ... IF NOT EXISTS finds them.
+        // SAFETY: backend thread, inside a transaction.
+        unsafe { pg_sys::AcceptInvalidationMessages() };
         if self.tool_tables_exist(client)? {
             self.has_tool_tables = true;
             return Ok(());

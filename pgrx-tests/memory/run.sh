@@ -185,13 +185,17 @@ db=spi_proc
 bash scripts/cluster.sh createdb "$DIR" "$PORT" "$db" >/dev/null || exit 1
 psql -d "$db" -c "CREATE EXTENSION synapse_compress" >/dev/null || exit 1
 "$GEN" --preset headline --scale 0.05 --seed 3 | psql -d "$db" >/dev/null || exit 1
-room=$(psql -d "$db" -At -c "SELECT room_id FROM state_groups LIMIT 1")
+room=$(psql -d "$db" -At -c "SELECT room_id FROM state_groups GROUP BY 1 ORDER BY count(*) DESC LIMIT 1")
+rows_before=$(psql -d "$db" -At -c "SELECT count(*) FROM state_groups_state")
 line=$(echo "SELECT written FROM compress_room(:'room');" \
        | PGOPTIONS='-c client_min_messages=debug1' psql -d "$db" -At -v room="$room" 2>&1 \
        | grep "in SPI's procedure context at the end")
 kb=$(sed -n "s/.*in SPI's procedure context at the end: \([0-9]*\) kB.*/\1/p" <<<"$line")
 echo "SPI's procedure context after compress_room of $room: ${kb:-?} kB"
-if [ -z "$kb" ]; then
+rows_after=$(psql -d "$db" -At -c "SELECT count(*) FROM state_groups_state")
+if [ "$rows_after" -ge "$rows_before" ]; then
+    fail "compress_room wrote nothing (rows $rows_before -> $rows_after): nothing was measured"
+elif [ -z "$kb" ]; then
     fail "compress_room's DEBUG1 line did not report SPI's procedure context: $line"
 elif [ "$kb" -ge 256 ]; then
     fail "compress_room left $kb kB in SPI's procedure context (>= 256 kB)"

@@ -11,6 +11,7 @@
 
 use std::cell::Cell;
 use std::panic::AssertUnwindSafe;
+use std::rc::Rc;
 
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys;
@@ -37,8 +38,9 @@ pub struct SpiStore<'a, 'conn> {
     scan: Option<(SpiCursor<'conn>, GroupId)>,
     subxact: Option<SubTransaction>,
     scratch: PgMemoryContexts,
-    /// Inside `scratch`: every SPI call is followed by `rescratch`.
-    in_scratch: Cell<bool>,
+    /// Inside `scratch`: every SPI call is followed by `rescratch`. Shared with the
+    /// guard that clears it when `scratch` unwinds.
+    in_scratch: Rc<Cell<bool>>,
 }
 
 pub fn spi(e: pgrx::spi::SpiError) -> Error {
@@ -190,7 +192,7 @@ impl<'a, 'conn> SpiStore<'a, 'conn> {
             scan: None,
             subxact: None,
             scratch,
-            in_scratch: Cell::new(false),
+            in_scratch: Rc::new(Cell::new(false)),
         })
     }
 
@@ -208,14 +210,13 @@ impl<'a, 'conn> SpiStore<'a, 'conn> {
         self.in_scratch.set(true);
         let out = {
             // Unwinding (an ERROR as a Rust panic) leaves the flag clear too.
-            struct Leave(*const Cell<bool>);
+            struct Leave(Rc<Cell<bool>>);
             impl Drop for Leave {
                 fn drop(&mut self) {
-                    // SAFETY: the flag is the store's, which outlives this frame.
-                    unsafe { (*self.0).set(false) }
+                    self.0.set(false);
                 }
             }
-            let _leave = Leave(&self.in_scratch);
+            let _leave = Leave(Rc::clone(&self.in_scratch));
             f(self)
         };
         // SAFETY: as above.
