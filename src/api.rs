@@ -222,8 +222,9 @@ thread_local! {
 
 /// The memory held by SPI's procedure context and its children (result tables left
 /// unfreed), which live as long as the connection (the whole call): what was allocated
-/// there piles up with the room's size, unseen by `memory_limit`. SPI makes it current after each of its calls, so it is measured only
-/// when it is current (`None` otherwise).
+/// there piles up with the room's size, unseen by `memory_limit`. SPI makes it current
+/// after each of its calls, so it is measured only when it is current (`None`
+/// otherwise).
 fn spi_proc_bytes() -> Option<u64> {
     // SAFETY: backend thread; reading the current context's name and size.
     unsafe {

@@ -179,7 +179,7 @@ done
 # after each of its calls: arguments built after one (a chunk's ids, the rows written,
 # about 270 bytes per row) stayed there until the call ended, 19 MB on an
 # 18,000-group room. compress_room's DEBUG1 line says what is left there at the end;
-# a generated room of about 3,700 groups and 10,000 rows written must leave < 256 kB.
+# a generated room of about 3,700 groups (over 10,000 rows written) must leave < 256 kB.
 GEN="$ROOT/target/release/synapse-compress-gen"
 db=spi_proc
 bash scripts/cluster.sh createdb "$DIR" "$PORT" "$db" >/dev/null || exit 1
