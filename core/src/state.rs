@@ -1,9 +1,12 @@
 //! Interned state: `(type, state_key)` pairs and event ids become small integers, and a
-//! group's state is a sorted vector of `(key, event)` pairs.
+//! group's state is a set of `(key, event)` pairs, sorted by key.
 //!
-//! A state map of N entries costs 8·N bytes and every operation the planner needs
-//! (overlay, key-subset test, delta) is one linear merge of two sorted vectors.
+//! States are structurally shared: the states along a chain share one sorted base and
+//! each holds a small layer of what changed since it (see `State`). An entry costs 8
+//! bytes; the planner's operations (overlay, key-subset test, delta) are linear merges,
+//! over the two layers alone when both states stand on one base.
 
+use std::cell::Cell;
 use std::mem::size_of;
 use std::rc::Rc;
 
@@ -118,17 +121,138 @@ impl Dictionary {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ambiguous(pub KeyId);
 
-/// A set of `(key, event)` entries, sorted by key, at most one per key.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Entries shared by many states: sorted by key, at most one per key.
+#[derive(Debug)]
+struct Base {
+    entries: Box<[Entry]>,
+    /// Entries of the layers built on this base by `overlay` so far: once they reach the
+    /// base's own size, the next state gets a base of its own (see `overlay`).
+    layered: Cell<usize>,
+}
+
+type Entry = (KeyId, EventId);
+
+thread_local! {
+    static EMPTY: Rc<Base> = Rc::new(Base { entries: Box::new([]), layered: Cell::new(0) });
+}
+
+/// A set of `(key, event)` entries, at most one per key.
+///
+/// Structurally shared: a state is a `base`, shared by every state built on it, with a
+/// small sorted `layer` on top that wins per key. The states along a chain differ by a
+/// few entries each, so they share one base and hold only what changed since it (a
+/// 50,000-member room's resolved states cost their layers, not 400 kB each), and the
+/// planner's comparisons of two states on one base walk their layers only.
+#[derive(Clone, Debug)]
 pub struct State {
-    entries: Vec<(KeyId, EventId)>,
+    base: Rc<Base>,
+    layer: Vec<Entry>,
+    /// Distinct keys of base and layer together.
+    len: usize,
+}
+
+impl Default for State {
+    fn default() -> State {
+        State {
+            base: EMPTY.with(Rc::clone),
+            layer: Vec::new(),
+            len: 0,
+        }
+    }
+}
+
+/// Equal as sets of entries, however each side is layered.
+impl PartialEq for State {
+    fn eq(&self, other: &State) -> bool {
+        self.len == other.len && self.delta_len(other) == 0
+    }
+}
+
+impl Eq for State {}
+
+/// Entries of a sorted `base` overlaid by a sorted `layer` (the layer wins per key), in
+/// key order.
+pub struct Iter<'a> {
+    base: &'a [Entry],
+    layer: &'a [Entry],
+}
+
+impl Iterator for Iter<'_> {
+    type Item = Entry;
+
+    fn next(&mut self) -> Option<Entry> {
+        match (self.base.first(), self.layer.first()) {
+            (Some(&b), Some(&l)) => {
+                if b.0 < l.0 {
+                    self.base = &self.base[1..];
+                    Some(b)
+                } else {
+                    if b.0 == l.0 {
+                        self.base = &self.base[1..];
+                    }
+                    self.layer = &self.layer[1..];
+                    Some(l)
+                }
+            }
+            (Some(&b), None) => {
+                self.base = &self.base[1..];
+                Some(b)
+            }
+            (None, Some(&l)) => {
+                self.layer = &self.layer[1..];
+                Some(l)
+            }
+            (None, None) => None,
+        }
+    }
+}
+
+/// The event `entries` (sorted) name for `key`.
+fn lookup(entries: &[Entry], key: KeyId) -> Option<EventId> {
+    entries
+        .binary_search_by_key(&key, |e| e.0)
+        .ok()
+        .map(|i| entries[i].1)
+}
+
+/// `a` overlaid by `b` (b wins per key), both sorted.
+fn merge(a: impl Iterator<Item = Entry>, b: impl Iterator<Item = Entry>, cap: usize) -> Vec<Entry> {
+    let mut out = Vec::with_capacity(cap);
+    let (mut a, mut b) = (a.peekable(), b.peekable());
+    loop {
+        match (a.peek(), b.peek()) {
+            (Some(&x), Some(&y)) => match x.0.cmp(&y.0) {
+                std::cmp::Ordering::Less => {
+                    out.push(x);
+                    a.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    out.push(y);
+                    b.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    out.push(y);
+                    a.next();
+                    b.next();
+                }
+            },
+            (Some(_), None) => {
+                out.extend(a);
+                return out;
+            }
+            (None, _) => {
+                out.extend(b);
+                return out;
+            }
+        }
+    }
 }
 
 impl State {
     /// The state named by one group's own rows. Exact duplicate rows (tolerated by
     /// Synapse) collapse; the same key with different events is `Ambiguous`.
     pub fn from_rows(dict: &mut Dictionary, rows: &[StateRow]) -> Result<State, Ambiguous> {
-        let mut entries: Vec<(KeyId, EventId)> = rows
+        let mut entries: Vec<Entry> = rows
             .iter()
             .map(|r| {
                 (
@@ -142,115 +266,228 @@ impl State {
         if let Some(w) = entries.windows(2).find(|w| w[0].0 == w[1].0) {
             return Err(Ambiguous(w[0].0));
         }
-        Ok(State { entries })
+        Ok(State::flat(entries))
     }
 
-    pub fn from_sorted_unique(entries: Vec<(KeyId, EventId)>) -> State {
+    pub fn from_sorted_unique(entries: Vec<Entry>) -> State {
         debug_assert!(entries.windows(2).all(|w| w[0].0 < w[1].0));
-        State { entries }
+        State::flat(entries)
+    }
+
+    /// A state with a base of its own and no layer.
+    fn flat(entries: Vec<Entry>) -> State {
+        if entries.is_empty() {
+            return State::default();
+        }
+        State {
+            len: entries.len(),
+            base: Rc::new(Base {
+                entries: entries.into_boxed_slice(),
+                layered: Cell::new(0),
+            }),
+            layer: Vec::new(),
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len == 0
     }
 
-    pub fn entries(&self) -> &[(KeyId, EventId)] {
-        &self.entries
-    }
-
-    /// Estimated bytes held: the value and its entries (by capacity).
-    pub fn heap_bytes(&self) -> usize {
-        size_of::<State>() + vec_bytes::<(KeyId, EventId)>(self.entries.capacity())
-    }
-
-    /// `self` with `delta` applied on top (delta wins per key).
-    pub fn overlay(&self, delta: &State) -> State {
-        let (a, b) = (&self.entries, &delta.entries);
-        let mut out = Vec::with_capacity(a.len() + b.len());
-        let (mut i, mut j) = (0, 0);
-        while i < a.len() && j < b.len() {
-            match a[i].0.cmp(&b[j].0) {
-                std::cmp::Ordering::Less => {
-                    out.push(a[i]);
-                    i += 1;
-                }
-                std::cmp::Ordering::Greater => {
-                    out.push(b[j]);
-                    j += 1;
-                }
-                std::cmp::Ordering::Equal => {
-                    out.push(b[j]);
-                    i += 1;
-                    j += 1;
-                }
-            }
+    /// The entries, in key order.
+    pub fn iter(&self) -> Iter<'_> {
+        Iter {
+            base: &self.base.entries,
+            layer: &self.layer,
         }
-        out.extend_from_slice(&a[i..]);
-        out.extend_from_slice(&b[j..]);
-        State { entries: out }
+    }
+
+    /// Entries of the shared base, and of this state's own layer over it.
+    pub fn layout(&self) -> (usize, usize) {
+        (self.base.entries.len(), self.layer.len())
+    }
+
+    /// Whether both are built on the same shared base.
+    pub fn shares_base(&self, other: &State) -> bool {
+        Rc::ptr_eq(&self.base, &other.base)
+    }
+
+    /// Identifies the shared base, to count it once among many states.
+    pub fn base_id(&self) -> *const () {
+        Rc::as_ptr(&self.base).cast()
+    }
+
+    /// Estimated heap bytes of the shared base (its counters and entries).
+    pub fn base_bytes(&self) -> usize {
+        if self.base.entries.is_empty() {
+            return 0;
+        }
+        size_of::<Base>()
+            + 2 * size_of::<usize>()
+            + ALLOC_OVERHEAD
+            + vec_bytes::<Entry>(self.base.entries.len())
+    }
+
+    /// Estimated bytes this state holds apart from its shared base: the value and its
+    /// layer (by capacity).
+    pub fn layer_bytes(&self) -> usize {
+        size_of::<State>() + vec_bytes::<Entry>(self.layer.capacity())
+    }
+
+    /// Estimated bytes held, the whole base included.
+    pub fn heap_bytes(&self) -> usize {
+        self.layer_bytes() + self.base_bytes()
+    }
+
+    /// Bytes `self` holds that `other` does not already: its layer alone when they
+    /// share a base.
+    pub fn bytes_beyond(&self, other: &State) -> usize {
+        if self.shares_base(other) {
+            self.layer_bytes()
+        } else {
+            self.heap_bytes()
+        }
+    }
+
+    /// `self` with `delta` applied on top (delta wins per key), kept: it shares
+    /// `self`'s base unless the layers built on that base would pass the base's own size
+    /// (then it gets a base of its own). So the layers on a base hold at most as many
+    /// entries as the base: memory is at most twice the bases, and a chain of states
+    /// changing by c entries each shares a base over about √(2·size/c) states.
+    pub fn overlay(&self, delta: &State) -> State {
+        let layer = merge(
+            self.layer.iter().copied(),
+            delta.iter(),
+            self.layer.len() + delta.len(),
+        );
+        let layered = self.base.layered.get() + layer.len();
+        if layered > self.base.entries.len() {
+            return State::flat(merge(
+                self.base.entries.iter().copied(),
+                layer.into_iter(),
+                self.len + delta.len(),
+            ));
+        }
+        self.base.layered.set(layered);
+        let mut layer = layer;
+        layer.shrink_to_fit();
+        self.on_base(layer)
+    }
+
+    /// `self` with `delta` applied on top, for a check that drops it at once: always on
+    /// `self`'s base, and not counted against it.
+    pub fn overlay_view(&self, delta: &State) -> State {
+        let layer = merge(
+            self.layer.iter().copied(),
+            delta.iter(),
+            self.layer.len() + delta.len(),
+        );
+        self.on_base(layer)
+    }
+
+    fn on_base(&self, layer: Vec<Entry>) -> State {
+        let base = &self.base.entries;
+        let len = base.len() + layer.iter().filter(|e| lookup(base, e.0).is_none()).count();
+        State {
+            base: self.base.clone(),
+            layer,
+            len,
+        }
+    }
+
+    /// Whether `key` is a key of `self`, given it is not one of `layer`'s keys: the
+    /// base decides.
+    fn base_has(&self, key: KeyId) -> bool {
+        lookup(&self.base.entries, key).is_some()
     }
 
     /// Whether every key of `self` is also a key of `other` (events may differ).
     /// A base must pass this: deltas cannot remove keys.
     pub fn keys_subset_of(&self, other: &State) -> bool {
-        if self.entries.len() > other.entries.len() {
+        if self.len > other.len {
             return false;
         }
-        let mut j = 0;
-        let b = &other.entries;
-        for &(k, _) in &self.entries {
-            while j < b.len() && b[j].0 < k {
-                j += 1;
-            }
-            if j == b.len() || b[j].0 != k {
+        if self.shares_base(other) {
+            // The base's keys are both's: only the layer's own keys can be missing.
+            return self
+                .layer
+                .iter()
+                .all(|&(k, _)| other.base_has(k) || lookup(&other.layer, k).is_some());
+        }
+        let mut b = other.iter().peekable();
+        for (k, _) in self.iter() {
+            while b.next_if(|e| e.0 < k).is_some() {}
+            if b.next_if(|e| e.0 == k).is_none() {
                 return false;
             }
-            j += 1;
         }
         true
+    }
+
+    /// Calls `f` with each entry of `self` that `base` lacks or names differently, in
+    /// key order. On a shared base only the two layers' keys can differ.
+    fn for_each_delta(&self, base: &State, mut f: impl FnMut(Entry)) {
+        if self.shares_base(base) {
+            let (a, b) = (&self.layer, &base.layer);
+            let (mut i, mut j) = (0, 0);
+            while i < a.len() || j < b.len() {
+                let take_a = j == b.len() || (i < a.len() && a[i].0 <= b[j].0);
+                if take_a {
+                    let (k, e) = a[i];
+                    let theirs = if j < b.len() && b[j].0 == k {
+                        j += 1;
+                        Some(b[j - 1].1)
+                    } else {
+                        lookup(&self.base.entries, k)
+                    };
+                    if theirs != Some(e) {
+                        f((k, e));
+                    }
+                    i += 1;
+                } else {
+                    // A key `base`'s layer changed and `self`'s did not: `self` names
+                    // the shared base's event, if it has the key at all.
+                    let (k, e) = b[j];
+                    if let Some(mine) = lookup(&self.base.entries, k) {
+                        if mine != e {
+                            f((k, mine));
+                        }
+                    }
+                    j += 1;
+                }
+            }
+            return;
+        }
+        let mut b = base.iter().peekable();
+        for (k, e) in self.iter() {
+            while b.next_if(|x| x.0 < k).is_some() {}
+            if b.next_if(|x| *x == (k, e)).is_none() {
+                f((k, e));
+            }
+        }
     }
 
     /// The entries of `self` that `base` lacks or names differently: the smallest
     /// delta that turns `base` into `self`, given `base.keys_subset_of(self)`.
     pub fn delta_from(&self, base: &State) -> State {
-        let b = &base.entries;
-        let mut j = 0;
         let mut out = Vec::new();
-        for &(k, e) in &self.entries {
-            while j < b.len() && b[j].0 < k {
-                j += 1;
-            }
-            if j < b.len() && b[j].0 == k && b[j].1 == e {
-                continue;
-            }
-            out.push((k, e));
-        }
-        State { entries: out }
+        self.for_each_delta(base, |e| out.push(e));
+        State::flat(out)
     }
 
     /// `self.delta_from(base).len()`, without building the delta (the planner prices
     /// every candidate base with it).
     pub fn delta_len(&self, base: &State) -> usize {
-        let b = &base.entries;
-        let mut j = 0;
         let mut n = 0;
-        for &(k, e) in &self.entries {
-            while j < b.len() && b[j].0 < k {
-                j += 1;
-            }
-            if !(j < b.len() && b[j] == (k, e)) {
-                n += 1;
-            }
-        }
+        self.for_each_delta(base, |_| n += 1);
         n
     }
 
     pub fn rows(&self, dict: &Dictionary) -> Vec<StateRow> {
-        self.entries.iter().map(|&(k, e)| dict.row(k, e)).collect()
+        self.iter().map(|(k, e)| dict.row(k, e)).collect()
     }
 }
 

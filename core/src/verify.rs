@@ -47,7 +47,7 @@ pub fn check_rewrite(p: &Proposal, base: Option<Base>, max_hops: u32) -> Result<
             if !base.state.keys_subset_of(p.target) {
                 return fail(format!("predecessor {prev} has keys the group lacks"));
             }
-            if base.state.overlay(p.delta) != *p.target {
+            if base.state.overlay_view(p.delta) != *p.target {
                 return fail(format!(
                     "state through predecessor {prev} differs from the original"
                 ));

@@ -24,11 +24,28 @@ fn state(m: &Model) -> State {
 }
 
 fn of(s: &State) -> Model {
-    s.entries().iter().copied().collect()
+    s.iter().collect()
 }
 
 fn sorted_unique(s: &State) -> bool {
-    s.entries().windows(2).all(|w| w[0].0 < w[1].0)
+    let entries: Vec<_> = s.iter().collect();
+    entries.windows(2).all(|w| w[0].0 < w[1].0) && entries.len() == s.len()
+}
+
+/// `a` overlaid by `d` (d wins per key), in the model.
+fn over(a: &Model, d: &Model) -> Model {
+    let mut out = a.clone();
+    out.extend(d.iter().map(|(&k, &e)| (k, e)));
+    out
+}
+
+/// Two states layered on one shared base (`overlay_view` never gives a state a base
+/// of its own): the planner compares such states through their layers only.
+fn layered(base: &Model, d1: &Model, d2: &Model, d3: &Model) -> (State, State, Model, Model) {
+    let b = state(base);
+    let x = b.overlay_view(&state(d1));
+    let y = b.overlay_view(&state(d2)).overlay_view(&state(d3));
+    (x, y, over(base, d1), over(&over(base, d2), d3))
 }
 
 proptest! {
@@ -91,6 +108,63 @@ proptest! {
         let (s, base) = (state(&s), state(&base));
         prop_assert_eq!(s.delta_len(&base), s.delta_from(&base).len());
         prop_assert_eq!(base.delta_len(&s), base.delta_from(&s).len());
+    }
+
+    /// States on one shared base answer every question as flat copies of them do:
+    /// equality, length, key subset, delta and its length, overlay.
+    #[test]
+    fn layered_states_behave_as_their_entries(
+        base in model(), d1 in model(), d2 in model(), d3 in model()
+    ) {
+        let (x, y, mx, my) = layered(&base, &d1, &d2, &d3);
+        prop_assert!(x.shares_base(&y));
+        let (fx, fy) = (state(&mx), state(&my));
+        prop_assert!(!fx.shares_base(&fy) || mx.is_empty());
+        prop_assert!(sorted_unique(&x) && sorted_unique(&y));
+        prop_assert_eq!(of(&x), mx.clone());
+        prop_assert_eq!(x == y, mx == my);
+        prop_assert_eq!(&x, &fx);
+        prop_assert_eq!(&fx, &x);
+        prop_assert_eq!(x.keys_subset_of(&y), fx.keys_subset_of(&fy));
+        prop_assert_eq!(y.keys_subset_of(&x), fy.keys_subset_of(&fx));
+        prop_assert_eq!(x.delta_from(&y), fx.delta_from(&fy));
+        prop_assert_eq!(of(&x.delta_from(&y)), of(&fx.delta_from(&fy)));
+        prop_assert_eq!(x.delta_len(&y), fx.delta_len(&fy));
+        prop_assert_eq!(y.delta_len(&x), fy.delta_len(&fx));
+        // Mixed: one layered, one flat.
+        prop_assert_eq!(x.delta_len(&fy), fx.delta_len(&fy));
+        prop_assert_eq!(x.keys_subset_of(&fy), fx.keys_subset_of(&fy));
+        prop_assert_eq!(of(&x.overlay(&y)), over(&mx, &my));
+        prop_assert_eq!(of(&x.overlay_view(&y)), over(&mx, &my));
+    }
+
+    /// A chain of kept overlays holds the chain's entries however often it moves to a
+    /// base of its own, and the layers on one base never pass the base's size.
+    #[test]
+    fn kept_overlays_hold_the_chain_and_bound_their_layers(
+        start in model(), deltas in prop::collection::vec(model(), 1..24)
+    ) {
+        let mut s = state(&start);
+        let mut want = start.clone();
+        let mut states = vec![s.clone()];
+        for d in &deltas {
+            s = s.overlay(&state(d));
+            want = over(&want, d);
+            prop_assert!(sorted_unique(&s));
+            prop_assert_eq!(of(&s), want.clone());
+            states.push(s.clone());
+        }
+        // Per base: the layers of the states on it hold at most as many entries as it.
+        let mut per_base: BTreeMap<usize, (usize, usize)> = BTreeMap::new();
+        for s in &states {
+            let (base, layer) = s.layout();
+            let e = per_base.entry(s.base_id() as usize).or_default();
+            e.0 = base;
+            e.1 += layer;
+        }
+        for (base, layers) in per_base.values() {
+            prop_assert!(layers <= base, "layers of {layers} entries on a base of {base}");
+        }
     }
 
     /// `from_rows` interns rows into a state: exact duplicates collapse, a key named

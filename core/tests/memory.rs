@@ -114,11 +114,14 @@ fn tight_limits_write_what_unlimited_runs_write() {
 
 #[test]
 fn a_big_state_room_in_a_small_limit_is_read_in_many_slices() {
-    // ~2,400 members, snapshots of ~2,400 rows every 100 groups.
-    let (base, rooms) = load_spec(&generator::bigstate(0.05, 7));
+    // ~4,800 members, snapshots of ~4,800 rows every 100 groups. Limits below what the
+    // room holds at its peak unlimited (its raw snapshots, mostly: resolved states
+    // share their entries) but above what one group needs.
+    let (base, rooms) = load_spec(&generator::bigstate(0.1, 7));
     let mut free = base.clone();
     let want = compress(&mut free, &rooms[0], opts("100,50,25", 500));
-    for limit in [5 << 19, 3 << 20] {
+    let peak = want.memory_peak as usize;
+    for limit in [peak / 10 * 9, peak / 20 * 19] {
         let mut s = base.clone();
         let mut o = opts("100,50,25", 500);
         o.memory_limit = limit;

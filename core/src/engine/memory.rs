@@ -7,7 +7,9 @@
 //!   database's result set they were read from (freed by the store when it returns);
 //! - the string dictionary, by capacity, as it grows;
 //! - every resolved state and own state of the slice, groups resolved below it, the
-//!   plan's nodes, and chains read to resolve them (their raw rows while read);
+//!   plan's nodes, and chains read to resolve them (their raw rows while read). A
+//!   resolved state that shares its predecessor's base (`State`) is charged its own
+//!   layer only: the base was charged with the state that brought it;
 //! - the write buffers: each rewrite's rows, the database's copy of them, and the rows
 //!   read back to check them;
 //! - what is kept between slices: placements, the dictionary and the cached nodes.

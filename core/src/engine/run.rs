@@ -613,9 +613,8 @@ impl Run {
                     report.changed += 1;
                     report.rows_after += delta.len() as u64;
                     let text: usize = delta
-                        .entries()
                         .iter()
-                        .map(|&(k, e)| {
+                        .map(|(k, e)| {
                             let (t, s) = outside.dict.key_text(k);
                             t.len() + s.len() + outside.dict.event_text(e).len()
                         })
@@ -689,12 +688,16 @@ impl Run {
     fn carry_over(&mut self, nodes: FxHashMap<GroupId, Rc<Node>>, keep: &FxHashSet<GroupId>) {
         let share = self.budget.limit() / 4;
         let mut carry: FxHashMap<GroupId, Rc<Node>> = FxHashMap::default();
-        let mut seen: FxHashSet<*const State> = FxHashSet::default();
+        // States and their shared bases, each counted once.
+        let mut seen: FxHashSet<*const ()> = FxHashSet::default();
         let mut bytes = 0;
         let mut add = |carry: &mut FxHashMap<GroupId, Rc<Node>>, id: GroupId, n: &Rc<Node>| {
             let mut cost = size_of::<Node>() + 2 * size_of::<usize>() + ALLOC_OVERHEAD;
-            if seen.insert(Rc::as_ptr(&n.state)) {
-                cost += n.state.heap_bytes() + 2 * size_of::<usize>() + ALLOC_OVERHEAD;
+            if seen.insert(Rc::as_ptr(&n.state).cast()) {
+                cost += n.state.layer_bytes() + 2 * size_of::<usize>() + ALLOC_OVERHEAD;
+            }
+            if seen.insert(n.state.base_id()) {
+                cost += n.state.base_bytes();
             }
             let total = bytes + cost + map_bytes::<GroupId, Rc<Node>>(2 * (carry.len() + 1));
             if total > share {
@@ -742,8 +745,14 @@ fn resolve_group(
         [p] => return Ok(Err(Broken::PredecessorNotLower(*p))),
         _ => return Ok(Err(Broken::SeveralPredecessors(g.prevs.len()))),
     };
-    let state = match prev {
-        None => own.clone(),
+    // `state` shares its predecessor's base (or `own`'s) unless it got its own: only
+    // what it adds is charged.
+    let (state, beyond) = match prev {
+        None => {
+            let state = own.clone();
+            let beyond = state.layer_bytes();
+            (state, beyond)
+        }
         Some(p) => {
             let base = match states.get(&p) {
                 Some(Some(s)) => s.clone(),
@@ -753,13 +762,13 @@ fn resolve_group(
                     Err(why) => return Ok(Err(why)),
                 },
             };
-            base.overlay(&own)
+            let state = base.overlay(&own);
+            let beyond = state.bytes_beyond(&base);
+            (state, beyond)
         }
     };
     let rc = 2 * size_of::<usize>() + ALLOC_OVERHEAD;
-    outside
-        .budget
-        .charge(own.heap_bytes() + state.heap_bytes() + rc)?;
+    outside.budget.charge(own.heap_bytes() + beyond + rc)?;
     Ok(Ok((prev, own, Rc::new(state))))
 }
 
@@ -983,14 +992,20 @@ fn fold_links(
     if hops > MAX_RESOLVE_HOPS {
         return Err(Broken::CyclicOrTooLong(id));
     }
-    let mut state = below.map_or_else(State::default, |(_, n)| (*n.state).clone());
+    // The chain's own rows folded into one delta first, then laid on `below` once:
+    // one layer on its base, not one per hop.
+    let mut delta = State::default();
     for g in walked.iter().rev() {
         let own = links[g]
             .own
             .as_ref()
             .ok_or(Broken::ChainConflictingRows(*g))?;
-        state = state.overlay(own);
+        delta = delta.overlay_view(own);
     }
+    let state = match below {
+        Some((_, n)) => n.state.overlay(&delta),
+        None => State::default().overlay(&delta),
+    };
     let head = &links[&id];
     Ok(Node {
         state: Rc::new(state),
