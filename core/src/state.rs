@@ -256,8 +256,8 @@ impl State {
             .iter()
             .map(|r| {
                 (
-                    dict.key(&r.event_type, &r.state_key),
-                    dict.event(&r.event_id),
+                    dict.key(r.event_type(), r.state_key()),
+                    dict.event(r.event_id()),
                 )
             })
             .collect();

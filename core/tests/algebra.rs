@@ -181,9 +181,9 @@ proptest! {
             .collect();
         let mut want: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
         for r in &rows {
-            let events = want.entry((r.event_type.clone(), r.state_key.clone())).or_default();
-            if !events.contains(&r.event_id) {
-                events.push(r.event_id.clone());
+            let events = want.entry((r.event_type().to_owned(), r.state_key().to_owned())).or_default();
+            if !events.iter().any(|e| e == r.event_id()) {
+                events.push(r.event_id().to_owned());
             }
         }
         let mut dict = Dictionary::default();

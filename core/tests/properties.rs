@@ -18,7 +18,7 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::TestRunner;
 use synapse_compress_core::engine;
-use synapse_compress_core::{GroupId, LevelSpec, StateRow};
+use synapse_compress_core::{GroupId, LevelSpec};
 use synapse_compress_testkit::generator::{self, GenSpec};
 use synapse_compress_testkit::memstore::MemStore;
 
@@ -125,10 +125,7 @@ fn corrupt(s: &mut MemStore, damage: &[Corruption]) {
                 };
                 rows.push(r.clone());
                 if matches!(c, Corruption::ConflictingRow(_)) {
-                    rows.push(StateRow {
-                        event_id: "$conflict".into(),
-                        ..r
-                    });
+                    rows.push(r.with_event("$conflict"));
                 }
             }
             Corruption::DropRows(i) => {

@@ -422,11 +422,7 @@ impl<'a, 'conn> SpiStore<'a, 'conn> {
                         .map_err(spi)
                         .map(Option::unwrap_or_default)
                 };
-                let r = StateRow {
-                    event_type: text(2)?,
-                    state_key: text(3)?,
-                    event_id: text(4)?,
-                };
+                let r = StateRow::new(&text(2)?, &text(3)?, &text(4)?);
                 allowance.row(id, &r)?;
                 if let Some(g) = groups.get_mut(&id) {
                     g.rows.push(r);
@@ -613,9 +609,9 @@ impl Store for SpiStore<'_, '_> {
             }
             for row in &r.rows {
                 g.push(r.group);
-                t.push(row.event_type.as_str());
-                k.push(row.state_key.as_str());
-                e.push(row.event_id.as_str());
+                t.push(row.event_type());
+                k.push(row.state_key());
+                e.push(row.event_id());
             }
         }
         let mut prevs = edge_to.clone();

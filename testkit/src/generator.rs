@@ -855,11 +855,11 @@ impl Gen<'_> {
     }
 
     fn row(&self, strings: &[String], k: Key, v: Val) -> StateRow {
-        StateRow {
-            event_type: strings[ty_of(k) as usize].clone(),
-            state_key: strings[sk_of(k) as usize].clone(),
-            event_id: event_id(self.seed, v.ev),
-        }
+        StateRow::new(
+            &strings[ty_of(k) as usize],
+            &strings[sk_of(k) as usize],
+            &event_id(self.seed, v.ev),
+        )
     }
 
     /// Writes one group by Synapse's rule; returns (id, chain length).
@@ -1689,13 +1689,13 @@ mod tests {
             };
             let mut seen = HashSet::new();
             for r in &g.group.rows {
-                assert_event_id(&r.event_id);
+                assert_event_id(r.event_id());
                 let k = pack(
-                    intern(&mut self.strings, &r.event_type),
-                    intern(&mut self.strings, &r.state_key),
+                    intern(&mut self.strings, r.event_type()),
+                    intern(&mut self.strings, r.state_key()),
                 );
                 assert!(seen.insert(k), "duplicate key in {id}");
-                let ev = intern(&mut self.strings, &r.event_id);
+                let ev = intern(&mut self.strings, r.event_id());
                 let e = resolved.entry(k).or_insert((id, ev));
                 if id >= e.0 {
                     *e = (id, ev);
@@ -1853,7 +1853,7 @@ mod tests {
             .group
             .rows
             .iter()
-            .any(|r| r.state_key.contains('\t') && r.state_key.contains('\n'))));
+            .any(|r| r.state_key().contains('\t') && r.state_key().contains('\n'))));
         // Version-12 room ids have no server part.
         assert!(spec
             .rooms
@@ -2080,17 +2080,17 @@ mod tests {
         let users: Vec<&StateRow> = groups
             .iter()
             .flat_map(|g| &g.group.rows)
-            .filter(|r| r.event_type == "m.room.member")
+            .filter(|r| r.event_type() == "m.room.member")
             .collect();
         assert!(users
             .iter()
-            .all(|r| r.state_key.starts_with('@') && r.state_key.contains(':')));
+            .all(|r| r.state_key().starts_with('@') && r.state_key().contains(':')));
         assert!(users
             .iter()
-            .any(|r| r.state_key.ends_with(":hs1.example.org")));
+            .any(|r| r.state_key().ends_with(":hs1.example.org")));
         assert!(users
             .iter()
-            .any(|r| r.state_key.ends_with(":hs2.example.org")));
+            .any(|r| r.state_key().ends_with(":hs2.example.org")));
         assert!(summary
             .rooms
             .iter()

@@ -100,13 +100,13 @@ impl MemStore {
         let mut best: BTreeMap<(String, String), (GroupId, BTreeSet<String>)> = BTreeMap::new();
         for &g in &reach {
             for r in self.tables.rows.get(&g).into_iter().flatten() {
-                let key = (r.event_type.clone(), r.state_key.clone());
+                let key = (r.event_type().to_owned(), r.state_key().to_owned());
                 let e = best.entry(key).or_insert((g, BTreeSet::new()));
                 if g > e.0 {
                     *e = (g, BTreeSet::new());
                 }
                 if g == e.0 {
-                    e.1.insert(r.event_id.clone());
+                    e.1.insert(r.event_id().to_owned());
                 }
             }
         }

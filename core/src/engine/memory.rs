@@ -131,14 +131,16 @@ fn string_bytes(s: &str, capacity: usize) -> usize {
 
 /// A row's texts, as the database holds them while passing the row.
 pub fn db_row_bytes(r: &StateRow) -> usize {
-    DB_ROW_OVERHEAD + 2 * (r.event_type.len() + r.state_key.len() + r.event_id.len())
+    DB_ROW_OVERHEAD + 2 * r.text_len()
 }
 
 /// One row held by the engine (its slot in the row vector counted by the caller).
 fn row_bytes(r: &StateRow) -> usize {
-    string_bytes(&r.event_type, r.event_type.capacity())
-        + string_bytes(&r.state_key, r.state_key.capacity())
-        + string_bytes(&r.event_id, r.event_id.capacity())
+    if r.text_len() == 0 {
+        0
+    } else {
+        r.text_len() + ALLOC_OVERHEAD
+    }
 }
 
 /// One row as the engine holds it once loaded: its slot in the group's row vector

@@ -35,7 +35,7 @@ pub fn linear_room(store: &mut MemStore, room: &str, first_id: GroupId, n: usize
             &format!("@u{}:hs", i % 37),
             &format!("$e{room}{i}"),
         );
-        state.retain(|r| !(r.event_type == new.event_type && r.state_key == new.state_key));
+        state.retain(|r| !(r.event_type() == new.event_type() && r.state_key() == new.state_key()));
         state.push(new.clone());
         let g = if i == 0 || chain >= 100 {
             chain = 1;

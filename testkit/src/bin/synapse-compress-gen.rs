@@ -160,11 +160,11 @@ impl Writers {
         for r in &g.group.rows {
             line.clear();
             let _ = write!(line, "{id}\t{room}\t");
-            copy_escape(&r.event_type, line);
+            copy_escape(r.event_type(), line);
             line.push('\t');
-            copy_escape(&r.state_key, line);
+            copy_escape(r.state_key(), line);
             line.push('\t');
-            copy_escape(&r.event_id, line);
+            copy_escape(r.event_id(), line);
             line.push('\n');
             self.files[2].write_all(line.as_bytes())?;
         }
