@@ -141,6 +141,25 @@ fn a_big_state_room_in_a_small_limit_is_read_in_many_slices() {
     }
 }
 
+/// The caches kept between slices (the string dictionary keeps every string it has
+/// seen) are capped near one slice's working set: a room twice as long, of the same
+/// state, holds no more. Without the cap the second room's peak is twice the first's.
+#[test]
+fn a_room_twice_as_long_holds_no_more() {
+    let peak = |groups: usize| {
+        let mut s = MemStore::default();
+        linear_room(&mut s, "!long:hs", 1, groups);
+        let sum = compress(&mut s, "!long:hs", opts("100,50,25", 500));
+        assert_eq!(sum.state_groups, groups as u64);
+        sum.memory_peak
+    };
+    let (long, longer) = (peak(120_000), peak(240_000));
+    assert!(
+        longer <= long + long / 20,
+        "peak {longer} bytes over 240,000 groups, {long} over 120,000"
+    );
+}
+
 #[test]
 fn a_group_that_cannot_fit_alone_fails_with_nothing_written() {
     let (base, rooms) = load_spec(&generator::bigstate(0.05, 7));

@@ -23,6 +23,9 @@ const FIRST_SLICE: usize = 100;
 /// A slice is at most this many times the last one (estimates are from the last).
 const SLICE_GROWTH: usize = 8;
 
+/// Bytes the caches kept between slices may always hold (see `Run::cache_cap`).
+const CACHE_FLOOR: usize = 8 << 20;
+
 /// A group's place in the new tree, kept between chunks without its state.
 #[derive(Clone, Copy, Debug)]
 struct Placement {
@@ -292,6 +295,15 @@ impl Run {
         self.dict = Dictionary::default();
     }
 
+    /// What the caches kept between slices may hold: about one slice's working set
+    /// (at least `CACHE_FLOOR`), so a run's memory follows its slices, not the room's
+    /// length (the dictionary keeps every string it has seen); never more than half the
+    /// budget.
+    fn cache_cap(&self) -> usize {
+        let slice = self.group_cost.unwrap_or(0).saturating_mul(self.last_slice);
+        (self.budget.limit() / 2).min(slice.max(CACHE_FLOOR))
+    }
+
     /// What the run keeps between slices.
     fn held_bytes(&self) -> usize {
         let tangled = self
@@ -327,8 +339,7 @@ impl Run {
     fn slice(&mut self, store: &mut Timed<'_>, max: usize) -> Result<Option<(ChunkReport, usize)>> {
         let mut n = self.slice_size(max);
         loop {
-            // Caches may take at most half the budget before a slice.
-            if self.held_bytes() > self.budget.limit() / 2 {
+            if self.held_bytes() > self.cache_cap() {
                 self.shed();
             }
             let clean = self.carry.is_empty() && self.dict.is_empty();
