@@ -354,9 +354,10 @@ impl State {
 
     /// `self` with `delta` applied on top (delta wins per key), kept: it shares
     /// `self`'s base unless the layers built on that base would pass the base's own size
-    /// (then it gets a base of its own). So the layers on a base hold at most as many
-    /// entries as the base: memory is at most twice the bases, and a chain of states
-    /// changing by c entries each shares a base over about √(2·size/c) states.
+    /// (then it gets a base of its own). So the layers `overlay` builds on a base hold
+    /// at most as many entries as the base: what it keeps is at most twice the bases,
+    /// and a chain of states changing by c entries each shares a base over about
+    /// √(2·size/c) states.
     pub fn overlay(&self, delta: &State) -> State {
         let layer = merge(
             self.layer.iter().copied(),
@@ -375,6 +376,16 @@ impl State {
         let mut layer = layer;
         layer.shrink_to_fit();
         self.on_base(layer)
+    }
+
+    /// The same entries with a base of their own and no layer (moved, not copied, when
+    /// the base is empty).
+    pub fn flattened(self) -> State {
+        if self.base.entries.is_empty() {
+            State::flat(self.layer)
+        } else {
+            State::flat(self.iter().collect())
+        }
     }
 
     /// `self` with `delta` applied on top, for a check that drops it at once: always on

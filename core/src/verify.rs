@@ -1,8 +1,9 @@
 //! Independent checks of a plan before anything is written, and of the write after it.
 //!
 //! They recompute from the plan's output alone, sharing no code path with the
-//! planner's choices, so a planner bug surfaces here as an error instead of as
-//! silently changed room state.
+//! planner's choices (states are compared entry by entry, not through `State`'s
+//! shared-base shortcuts the planner prices with), so a planner bug surfaces here as
+//! an error instead of as silently changed room state.
 
 use crate::error::{Error, Result};
 use crate::model::{GroupId, RawGroup, StateRow};
@@ -24,6 +25,32 @@ pub struct Base<'a> {
     pub depth: u32,
 }
 
+/// Whether every key of `base` is a key of `target`: a walk of both.
+fn keys_within(base: &State, target: &State) -> bool {
+    let mut t = target.iter().peekable();
+    base.iter().all(|(k, _)| {
+        while t.next_if(|e| e.0 < k).is_some() {}
+        t.next_if(|e| e.0 == k).is_some()
+    })
+}
+
+/// The entries of `base` with `delta` on top (delta wins per key), in key order: a
+/// merge of the two walks.
+fn overlaid<'a>(base: &'a State, delta: &'a State) -> impl Iterator<Item = (u32, u32)> + 'a {
+    let (mut b, mut d) = (base.iter().peekable(), delta.iter().peekable());
+    std::iter::from_fn(move || match (b.peek().copied(), d.peek().copied()) {
+        (Some(x), Some(y)) if x.0 < y.0 => b.next(),
+        (Some(x), Some(y)) => {
+            if x.0 == y.0 {
+                b.next();
+            }
+            d.next()
+        }
+        (Some(_), None) => b.next(),
+        (None, _) => d.next(),
+    })
+}
+
 /// Check one rewrite: predecessor id lower, predecessor keys ⊆ group keys, resolved
 /// state unchanged, and the chain within `max_hops`. Returns the group's new depth.
 pub fn check_rewrite(p: &Proposal, base: Option<Base>, max_hops: u32) -> Result<u32> {
@@ -35,7 +62,7 @@ pub fn check_rewrite(p: &Proposal, base: Option<Base>, max_hops: u32) -> Result<
     };
     match (p.prev, base) {
         (None, None) => {
-            if p.delta != p.target {
+            if !p.delta.iter().eq(p.target.iter()) {
                 return fail("a full snapshot must hold exactly the group's state".into());
             }
             Ok(0)
@@ -44,10 +71,10 @@ pub fn check_rewrite(p: &Proposal, base: Option<Base>, max_hops: u32) -> Result<
             if prev >= p.group {
                 return fail(format!("predecessor {prev} is not lower than the group"));
             }
-            if !base.state.keys_subset_of(p.target) {
+            if !keys_within(base.state, p.target) {
                 return fail(format!("predecessor {prev} has keys the group lacks"));
             }
-            if base.state.overlay_view(p.delta) != *p.target {
+            if !overlaid(base.state, p.delta).eq(p.target.iter()) {
                 return fail(format!(
                     "state through predecessor {prev} differs from the original"
                 ));
@@ -103,4 +130,105 @@ pub fn check_read_back(planned: &[Rewrite], stored: &[RawGroup]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn st(entries: &[(u32, u32)]) -> State {
+        State::from_sorted_unique(entries.to_vec())
+    }
+
+    /// Checks `delta` on `base` for a group whose state is `target`.
+    fn check(base: &State, delta: &State, target: &State) -> Result<u32> {
+        let p = Proposal {
+            group: 10,
+            prev: Some(5),
+            delta,
+            target,
+        };
+        let b = Base {
+            state: base,
+            depth: 3,
+        };
+        check_rewrite(&p, Some(b), 4)
+    }
+
+    fn refused(r: Result<u32>, why: &str) {
+        match r {
+            Err(Error::Verification { reason, .. }) => assert!(reason.contains(why), "{reason}"),
+            r => panic!("expected a refusal ({why}), got {r:?}"),
+        }
+    }
+
+    /// States on one shared base, as the engine builds them along a chain: the check
+    /// walks their entries and does not take the planner's shortcuts.
+    #[test]
+    fn a_rewrite_is_checked_entry_by_entry_on_a_shared_base() {
+        let snapshot = st(&[(1, 1), (2, 2), (3, 3), (4, 4)]);
+        let base = snapshot.overlay_view(&st(&[(2, 20), (5, 5)]));
+        let target = snapshot.overlay_view(&st(&[(2, 20), (3, 30), (5, 5), (6, 6)]));
+        assert!(base.shares_base(&target));
+        assert_eq!(check(&base, &st(&[(3, 30), (6, 6)]), &target).unwrap(), 4);
+        // A delta missing an entry, naming another event, or adding one.
+        for wrong in [
+            st(&[(3, 30)]),
+            st(&[(3, 31), (6, 6)]),
+            st(&[(3, 30), (6, 6), (7, 7)]),
+            st(&[(2, 2), (3, 30), (6, 6)]),
+        ] {
+            refused(check(&base, &wrong, &target), "differs from the original");
+        }
+        // A base with a key the group lacks.
+        let wider = snapshot.overlay_view(&st(&[(2, 20), (5, 5), (9, 9)]));
+        refused(
+            check(&wider, &st(&[(3, 30), (6, 6)]), &target),
+            "has keys the group lacks",
+        );
+        // Too deep.
+        let p = Proposal {
+            group: 10,
+            prev: Some(5),
+            delta: &st(&[(3, 30), (6, 6)]),
+            target: &target,
+        };
+        let deep = Base {
+            state: &base,
+            depth: 4,
+        };
+        refused(check_rewrite(&p, Some(deep), 4), "exceeds the bound");
+    }
+
+    #[test]
+    fn a_snapshot_must_hold_the_state_and_a_predecessor_must_be_lower() {
+        let snapshot = st(&[(1, 1), (2, 2)]);
+        let target = snapshot.overlay_view(&st(&[(3, 3)]));
+        let ok = |delta: &State| {
+            check_rewrite(
+                &Proposal {
+                    group: 10,
+                    prev: None,
+                    delta,
+                    target: &target,
+                },
+                None,
+                4,
+            )
+        };
+        assert_eq!(ok(&st(&[(1, 1), (2, 2), (3, 3)])).unwrap(), 0);
+        refused(ok(&st(&[(1, 1), (2, 2)])), "exactly the group's state");
+        refused(ok(&snapshot), "exactly the group's state");
+        let p = Proposal {
+            group: 10,
+            prev: Some(10),
+            delta: &st(&[(3, 3)]),
+            target: &target,
+        };
+        let b = Base {
+            state: &snapshot,
+            depth: 0,
+        };
+        refused(check_rewrite(&p, Some(b), 4), "not lower");
+    }
 }

@@ -144,7 +144,7 @@ fn row_bytes(r: &StateRow) -> usize {
 }
 
 /// One row as the engine holds it once loaded: its slot in the group's row vector
-/// (twice, for the vector's growth) and its three strings. A store checks a load
+/// (twice, for the vector's growth) and its texts' one allocation. A store checks a load
 /// against its allowance with this as it reads (`Store::load_chunk`).
 pub fn loaded_row_bytes(r: &StateRow) -> usize {
     2 * size_of::<StateRow>() + row_bytes(r)

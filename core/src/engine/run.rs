@@ -87,7 +87,7 @@ pub struct Run {
     /// Strings interned so far in this run, and the last slice's nodes (with their
     /// states) plus the level heads' ancestry: most lookups below a slice land there
     /// instead of reloading a chain from the database. Both are caches, charged to the
-    /// budget and shed when a slice needs the room.
+    /// budget and shed when a slice needs the room or they pass `cache_cap`.
     dict: Dictionary,
     carry: FxHashMap<GroupId, Rc<Node>>,
     carry_bytes: usize,
@@ -339,7 +339,8 @@ impl Run {
     fn slice(&mut self, store: &mut Timed<'_>, max: usize) -> Result<Option<(ChunkReport, usize)>> {
         let mut n = self.slice_size(max);
         loop {
-            if self.held_bytes() > self.cache_cap() {
+            // Only what `shed` frees counts against the cap (placements and depths stay).
+            if self.dict.heap_bytes() + self.carry_bytes > self.cache_cap() {
                 self.shed();
             }
             let clean = self.carry.is_empty() && self.dict.is_empty();
@@ -697,23 +698,28 @@ impl Run {
     /// much of it as a quarter of the budget holds: the heads' ancestry first (the
     /// next slice's level choices), then the rest.
     fn carry_over(&mut self, nodes: FxHashMap<GroupId, Rc<Node>>, keep: &FxHashSet<GroupId>) {
-        let share = self.budget.limit() / 4;
+        let share = (self.budget.limit() / 4).min(self.cache_cap());
         let mut carry: FxHashMap<GroupId, Rc<Node>> = FxHashMap::default();
         // States and their shared bases, each counted once.
         let mut seen: FxHashSet<*const ()> = FxHashSet::default();
         let mut bytes = 0;
         let mut add = |carry: &mut FxHashMap<GroupId, Rc<Node>>, id: GroupId, n: &Rc<Node>| {
+            let (state, base) = (Rc::as_ptr(&n.state).cast(), n.state.base_id());
             let mut cost = size_of::<Node>() + 2 * size_of::<usize>() + ALLOC_OVERHEAD;
-            if seen.insert(Rc::as_ptr(&n.state).cast()) {
+            if !seen.contains(&state) {
                 cost += n.state.layer_bytes() + 2 * size_of::<usize>() + ALLOC_OVERHEAD;
             }
-            if seen.insert(n.state.base_id()) {
+            if !seen.contains(&base) {
                 cost += n.state.base_bytes();
             }
             let total = bytes + cost + map_bytes::<GroupId, Rc<Node>>(2 * (carry.len() + 1));
             if total > share {
                 return false;
             }
+            // Seen only once taken: a node refused here may be taken later, and must
+            // then pay for its state and base.
+            seen.insert(state);
+            seen.insert(base);
             bytes += cost;
             carry.insert(id, n.clone());
             true
@@ -1015,7 +1021,7 @@ fn fold_links(
     }
     let state = match below {
         Some((_, n)) => n.state.overlay(&delta),
-        None => State::default().overlay(&delta),
+        None => delta.flattened(),
     };
     let head = &links[&id];
     Ok(Node {
