@@ -44,7 +44,7 @@ COMMENT ON SCHEMA synapse_compress IS
 'synapse_compress scheduling: status and rooms views, run history, pause/resume/run_now/reset_room.';
 COMMENT ON PROCEDURE compress_database(interval, integer) IS
 'One scheduled run in the foreground: compresses the rooms with the most uncompressed rows first, '
-'one chunk (synapse_compress.chunk_size groups) per transaction, committing the chunk with the room''s saved levels '
+'one chunk (synapse_compress.chunk_size groups, of one room or of several small ones) per transaction, committing the chunk with the room''s saved levels '
 'and progress (state_compressor_progress / state_compressor_state, shared with synapse_auto_compressor). '
 'Stops when no work is left, after time_budget, or after max_chunks chunks; the next run continues. '
 'A room that fails is recorded in synapse_compress.rooms and retried later. Must be CALLed outside a transaction block.';
@@ -59,7 +59,7 @@ COMMENT ON FUNCTION synapse_compress.wake_workers() IS
 COMMENT ON FUNCTION synapse_compress.begin_run(text) IS
 'Internal (CALL compress_database() uses it): start a run: close dead runs, prune history, count new groups per room.';
 COMMENT ON FUNCTION synapse_compress.run_step(bigint, interval, integer, interval, integer) IS
-'Internal (CALL compress_database() uses it; the worker runs the same code): one step of a run: the run policy at this chunk boundary, then the next chunk. run_end says how the run ends (NULL: go on after pause_ms).';
+'Internal (CALL compress_database() uses it; the worker runs the same code): one step of a run: the run policy at this chunk boundary, then the next chunk, or a batch of small rooms holding no more than synapse_compress.chunk_size groups together (chunks_done). run_end says how the run ends (NULL: go on after pause_ms).';
 COMMENT ON FUNCTION synapse_compress.end_run(bigint, text, text) IS
 'Internal (CALL compress_database() uses it): record how a run ended.';
 COMMENT ON FUNCTION synapse_compress.pause() IS

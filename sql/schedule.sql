@@ -42,7 +42,11 @@ CREATE TABLE synapse_compress.room_queue (
     error_count int NOT NULL DEFAULT 0,
     next_retry timestamptz
 );
-CREATE INDEX room_queue_pending ON synapse_compress.room_queue (pending_rows DESC)
+-- The orders scheduled runs take rooms in: the most rows first, and the rooms that fit
+-- in what is left of a batch, largest first (src/schedule.rs, `candidates_sql`).
+CREATE INDEX room_queue_pending ON synapse_compress.room_queue (pending_rows DESC, room_id)
+    WHERE pending_groups > 0;
+CREATE INDEX room_queue_fill ON synapse_compress.room_queue (pending_groups DESC, room_id)
     WHERE pending_groups > 0;
 
 CREATE TABLE synapse_compress.runs (
@@ -359,14 +363,15 @@ BEGIN
     run := synapse_compress.begin_run('procedure');
     COMMIT;
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-    -- run_step applies the run policy (the same as the worker's) and runs one chunk.
+    -- run_step applies the run policy (the same as the worker's) and runs one chunk,
+    -- or a batch of small rooms (chunks_done).
     LOOP
         r := synapse_compress.run_step(run, pg_catalog.clock_timestamp() - started, chunks,
                                        time_budget, max_chunks);
         COMMIT;
         PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
         EXIT WHEN r.run_end IS NOT NULL;
-        chunks := chunks + 1;
+        chunks := chunks + r.chunks_done;
         IF r.outcome = 'failed' THEN
             RAISE NOTICE 'compress_database: room % skipped: %', r.room_id, r.message;
         END IF;

@@ -64,6 +64,15 @@ UPDATE synapse_compress.control SET state_schema = coalesce(
      ORDER BY n.nspname = '@extschema@' DESC, n.nspname LIMIT 1),
     'public');
 
+-- The orders scheduled runs take rooms in, room_id breaking ties: the most rows first,
+-- and the rooms that fit in what is left of a batch, largest first. A step reads a few
+-- rooms in an index's order, not every pending room (src/schedule.rs, `candidates_sql`).
+DROP INDEX synapse_compress.room_queue_pending;
+CREATE INDEX room_queue_pending ON synapse_compress.room_queue (pending_rows DESC, room_id)
+    WHERE pending_groups > 0;
+CREATE INDEX room_queue_fill ON synapse_compress.room_queue (pending_groups DESC, room_id)
+    WHERE pending_groups > 0;
+
 -- Every function pins its search_path.
 ALTER FUNCTION compress_room(text, text, boolean, bigint, bigint, bigint) SET search_path TO pg_catalog, pg_temp;
 ALTER FUNCTION synapse_compress.begin_run(text) SET search_path TO pg_catalog, pg_temp;
@@ -205,14 +214,15 @@ CREATE FUNCTION synapse_compress."run_step"(
     "rows_after" bigint,
     "message" TEXT,
     "run_end" TEXT,
-    "pause_ms" INT
+    "pause_ms" INT,
+    "chunks_done" INT
 )
 VOLATILE PARALLEL UNSAFE
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c AS 'MODULE_PATHNAME', 'run_step_wrapper';
 REVOKE EXECUTE ON FUNCTION synapse_compress.run_step(bigint, interval, integer, interval, integer) FROM PUBLIC;
 COMMENT ON FUNCTION synapse_compress.run_step(bigint, interval, integer, interval, integer) IS
-'Internal (CALL compress_database() uses it; the worker runs the same code): one step of a run: the run policy at this chunk boundary, then the next chunk. run_end says how the run ends (NULL: go on after pause_ms).';
+'Internal (CALL compress_database() uses it; the worker runs the same code): one step of a run: the run policy at this chunk boundary, then the next chunk, or a batch of small rooms holding no more than synapse_compress.chunk_size groups together (chunks_done). run_end says how the run ends (NULL: go on after pause_ms).';
 
 -- One scheduled run in the foreground, committing after every chunk: for servers that
 -- cannot preload the library, or to compress now under the admin's eye.
@@ -241,14 +251,15 @@ BEGIN
     run := synapse_compress.begin_run('procedure');
     COMMIT;
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-    -- run_step applies the run policy (the same as the worker's) and runs one chunk.
+    -- run_step applies the run policy (the same as the worker's) and runs one chunk,
+    -- or a batch of small rooms (chunks_done).
     LOOP
         r := synapse_compress.run_step(run, pg_catalog.clock_timestamp() - started, chunks,
                                        time_budget, max_chunks);
         COMMIT;
         PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
         EXIT WHEN r.run_end IS NOT NULL;
-        chunks := chunks + 1;
+        chunks := chunks + r.chunks_done;
         IF r.outcome = 'failed' THEN
             RAISE NOTICE 'compress_database: room % skipped: %', r.room_id, r.message;
         END IF;
@@ -267,6 +278,12 @@ BEGIN
     RAISE NOTICE 'compress_database: % chunks in % rooms, % groups, rows % -> %, % errors (run %, %)',
         r.chunks, r.rooms, r.groups, r.rows_before, r.rows_after, r.errors, run, outcome;
 END $$;
+COMMENT ON PROCEDURE compress_database(interval, integer) IS
+'One scheduled run in the foreground: compresses the rooms with the most uncompressed rows first, '
+'one chunk (synapse_compress.chunk_size groups, of one room or of several small ones) per transaction, committing the chunk with the room''s saved levels '
+'and progress (state_compressor_progress / state_compressor_state, shared with synapse_auto_compressor). '
+'Stops when no work is left, after time_budget, or after max_chunks chunks; the next run continues. '
+'A room that fails is recorded in synapse_compress.rooms and retried later. Must be CALLed outside a transaction block.';
 
 -- plan_room and plan_room_json (issue 12): what compress_room would do, group by group.
 CREATE FUNCTION "plan_room"(

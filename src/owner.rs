@@ -9,10 +9,12 @@
 //! The same holds for the existing tool's `state_compressor_*` tables: Synapse's role
 //! owns them when the tool created them, and so they are created here too.
 
+use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys;
 use pgrx::spi::SpiClient;
 use synapse_compress_core::{Error, Result};
 
+use crate::spi::plans;
 use crate::spi::store::{free_result, spi};
 
 /// Synapse's tables, then the existing tool's; all must share one owner.
@@ -59,14 +61,15 @@ impl StateTables {
     /// Find the tables in the schema recorded in `synapse_compress.control`, check
     /// they can be handled safely, and that the calling role may `access` them itself.
     pub fn resolve(client: &SpiClient<'_>, access: Access) -> Result<StateTables> {
-        let table = client
-            .select(
-                "SELECT c.state_schema, pg_catalog.quote_ident(c.state_schema) \
-                 FROM synapse_compress.control c",
-                None,
-                &[],
-            )
-            .map_err(spi)?;
+        // Kept plans (`spi::plans`): resolved for every chunk of a scheduled run.
+        let plan = plans::kept(
+            client,
+            "SELECT c.state_schema, pg_catalog.quote_ident(c.state_schema) \
+             FROM synapse_compress.control c",
+            &[],
+            false,
+        )?;
+        let table = client.select(&*plan, None, &[]).map_err(spi)?;
         let (name, quoted) = if table.is_empty() {
             (None, None)
         } else {
@@ -79,25 +82,27 @@ impl StateTables {
 
         let mut found: Vec<(String, pg_sys::Oid, String, bool)> = Vec::new();
         let names: Vec<&str> = SYNAPSE_TABLES.iter().chain(&TOOL_TABLES).copied().collect();
-        let rows = client
-            .select(
-                // has_table_privilege with a list is true if ANY is held: ask each.
-                "SELECT c.relname::text, c.relowner, c.relkind::text, \
-                        pg_catalog.has_table_privilege(c.oid, 'SELECT') AND (NOT $3 OR \
-                          pg_catalog.has_table_privilege(c.oid, 'INSERT') AND \
-                          pg_catalog.has_table_privilege(c.oid, 'UPDATE') AND \
-                          pg_catalog.has_table_privilege(c.oid, 'DELETE')) \
-                 FROM pg_catalog.pg_class c \
-                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE n.nspname = $1 AND c.relname = ANY($2)",
-                None,
-                &[
-                    name.as_str().into(),
-                    names.into(),
-                    (access == Access::Write).into(),
-                ],
-            )
-            .map_err(spi)?;
+        let args: [DatumWithOid; 3] = [
+            name.as_str().into(),
+            names.into(),
+            (access == Access::Write).into(),
+        ];
+        let plan = plans::kept(
+            client,
+            // has_table_privilege with a list is true if ANY is held: ask each. Checked
+            // at each execution, for the role running it then.
+            "SELECT c.relname::text, c.relowner, c.relkind::text, \
+                    pg_catalog.has_table_privilege(c.oid, 'SELECT') AND (NOT $3 OR \
+                      pg_catalog.has_table_privilege(c.oid, 'INSERT') AND \
+                      pg_catalog.has_table_privilege(c.oid, 'UPDATE') AND \
+                      pg_catalog.has_table_privilege(c.oid, 'DELETE')) \
+             FROM pg_catalog.pg_class c \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = ANY($2)",
+            &args,
+            false,
+        )?;
+        let rows = client.select(&*plan, None, &args).map_err(spi)?;
         for row in rows {
             let rel: Option<String> = row.get(1).map_err(spi)?;
             let owner: Option<pg_sys::Oid> = row.get(2).map_err(spi)?;

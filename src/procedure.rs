@@ -27,8 +27,10 @@ pub mod synapse_compress {
     }
 
     /// One step of a run (internal: used by compress_database): the run policy at this
-    /// chunk boundary, then the next chunk. `run_end` is how the run ends (NULL: go on,
-    /// after `pause_ms`); `outcome` is the chunk's (NULL when none ran).
+    /// chunk boundary, then the next chunk, or several small rooms' (`chunks_done`).
+    /// `run_end` is how the run ends (NULL: go on, after `pause_ms`); `outcome`,
+    /// `room_id` and `message` are the last chunk's (NULL when none ran), the counts
+    /// the step's.
     #[allow(clippy::type_complexity)]
     #[pg_extern(volatile, parallel_unsafe)]
     #[search_path(pg_catalog, pg_temp)]
@@ -50,6 +52,7 @@ pub mod synapse_compress {
             name!(message, Option<String>),
             name!(run_end, Option<String>),
             name!(pause_ms, i32),
+            name!(chunks_done, i32),
         ),
     > {
         let run = required(run_id, "run_id");
@@ -81,6 +84,7 @@ pub mod synapse_compress {
                 s.message,
                 None,
                 pause_ms,
+                s.chunks.min(i32::MAX as u64) as i32,
             ),
             Next::End { end, message } => (
                 (end == RunEnd::Done).then(|| Outcome::NoWork.as_str().to_string()),
@@ -92,6 +96,7 @@ pub mod synapse_compress {
                 message,
                 Some(end.as_str().to_string()),
                 pause_ms,
+                0,
             ),
         })
     }

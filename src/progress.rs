@@ -3,12 +3,14 @@
 //! does, so either can continue where the other stopped. Call these as the tables'
 //! owner (`Owner::run`): Synapse's role owns the tool's tables.
 
+use pgrx::datum::DatumWithOid;
 use pgrx::spi::SpiClient;
 use synapse_compress_core::engine::Progress;
 use synapse_compress_core::levels::Level;
 use synapse_compress_core::{Error, LevelSpec, Levels, Result};
 
 use crate::owner::StateTables;
+use crate::spi::plans;
 use crate::spi::store::{free_result, spi};
 
 /// The room's progress, or a fresh start with `default` levels. Saved levels that do
@@ -29,19 +31,20 @@ pub fn load(
     }
     // One statement: the progress row (at most one), and the levels in order (none:
     // one row whose level columns are NULL).
-    let table = client
-        .select(
-            &tables.sql(
-                "SELECT p.last_compressed, s.max_size, s.current_length, s.current_head \
-                 FROM (SELECT) AS one \
-                 LEFT JOIN @s.state_compressor_progress p ON p.room_id = $1 \
-                 LEFT JOIN @s.state_compressor_state s ON s.room_id = $1 \
-                 ORDER BY s.level_num",
-            ),
-            None,
-            &[room.into()],
-        )
-        .map_err(spi)?;
+    let args: [DatumWithOid; 1] = [room.into()];
+    let plan = plans::kept(
+        client,
+        &tables.sql(
+            "SELECT p.last_compressed, s.max_size, s.current_length, s.current_head \
+             FROM (SELECT) AS one \
+             LEFT JOIN @s.state_compressor_progress p ON p.room_id = $1 \
+             LEFT JOIN @s.state_compressor_state s ON s.room_id = $1 \
+             ORDER BY s.level_num",
+        ),
+        &args,
+        false,
+    )?;
+    let table = client.select(&*plan, None, &args).map_err(spi)?;
     let mut last_compressed = 0;
     let mut saved = Vec::new();
     for row in table {
@@ -112,38 +115,31 @@ pub fn save(
     let sizes: Vec<i32> = levels.iter().map(|l| l.max_size as i32).collect();
     let lengths: Vec<i32> = levels.iter().map(|l| l.current_length as i32).collect();
     let heads: Vec<Option<i64>> = levels.iter().map(|l| l.head).collect();
-    client
-        .update(
-            &tables.sql("DELETE FROM @s.state_compressor_state WHERE room_id = $1"),
-            None,
-            &[room.into()],
-        )
-        .map_err(spi)?;
-    free_result();
+    plans::exec(
+        client,
+        &tables.sql("DELETE FROM @s.state_compressor_state WHERE room_id = $1"),
+        &[room.into()],
+    )?;
     // The levels and the progress row in one statement (two tables).
-    client
-        .update(
-            &tables.sql(
-                "WITH progress AS ( \
-                     INSERT INTO @s.state_compressor_progress (room_id, last_compressed) \
-                     VALUES ($1, $6) ON CONFLICT (room_id) \
-                     DO UPDATE SET last_compressed = excluded.last_compressed) \
-                 INSERT INTO @s.state_compressor_state \
-                     (room_id, level_num, max_size, current_length, current_head) \
-                 SELECT $1, u.n, u.s, u.l, u.h \
-                 FROM unnest($2::int[], $3::int[], $4::int[], $5::bigint[]) AS u(n, s, l, h)",
-            ),
-            None,
-            &[
-                room.into(),
-                nums.into(),
-                sizes.into(),
-                lengths.into(),
-                heads.into(),
-                p.last_compressed.into(),
-            ],
-        )
-        .map_err(spi)?;
-    free_result();
-    Ok(())
+    plans::exec(
+        client,
+        &tables.sql(
+            "WITH progress AS ( \
+                 INSERT INTO @s.state_compressor_progress (room_id, last_compressed) \
+                 VALUES ($1, $6) ON CONFLICT (room_id) \
+                 DO UPDATE SET last_compressed = excluded.last_compressed) \
+             INSERT INTO @s.state_compressor_state \
+                 (room_id, level_num, max_size, current_length, current_head) \
+             SELECT $1, u.n, u.s, u.l, u.h \
+             FROM unnest($2::int[], $3::int[], $4::int[], $5::bigint[]) AS u(n, s, l, h)",
+        ),
+        &[
+            room.into(),
+            nums.into(),
+            sizes.into(),
+            lengths.into(),
+            heads.into(),
+            p.last_compressed.into(),
+        ],
+    )
 }

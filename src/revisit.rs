@@ -51,6 +51,7 @@ use pgrx::spi::SpiClient;
 use synapse_compress_core::{GroupId, Result};
 
 use crate::owner::StateTables;
+use crate::spi::plans::exec;
 use crate::spi::store::{free_result, spi};
 
 /// What a run start found and sent back.
@@ -62,12 +63,6 @@ pub struct Revisit {
     pub late: i64,
     /// Rooms whose progress went back.
     pub rooms: i64,
-}
-
-fn exec(client: &mut SpiClient<'_>, sql: &str, args: &[DatumWithOid]) -> Result<()> {
-    client.update(sql, None, args).map_err(spi)?;
-    free_result();
-    Ok(())
 }
 
 /// Rows of (room, group, is a snapshot) from `sql`.

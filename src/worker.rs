@@ -268,7 +268,7 @@ fn run(signals: &mut Signals) {
         }));
         match next {
             Next::End { end, message } => break (end, message),
-            Next::Chunk(_) => chunks += 1,
+            Next::Chunk(step) => chunks += step.chunks,
         }
         let pause = Duration::from_millis(gucs::CHUNK_PAUSE.get() as u64);
         if !pause.is_zero() && !signals.sleep(pause) {

@@ -64,11 +64,6 @@ impl Outcome {
             ChunkOutcome::NotSaved { .. } => Outcome::NotSaved,
         }
     }
-
-    /// Whether the run stops after this step.
-    pub fn ends_run(self) -> bool {
-        self == Outcome::NoWork
-    }
 }
 
 impl std::fmt::Display for Outcome {
@@ -221,6 +216,41 @@ pub fn room_done(chunk: &ChunkOutcome, chunk_size: usize) -> bool {
             (report.groups as usize) < chunk_size
         }
     }
+}
+
+/// Most rooms one step (one transaction) takes as a batch. Each holds an advisory lock
+/// until the transaction ends, and PostgreSQL's shared lock table is sized for about
+/// `max_locks_per_transaction` (64 by default) per backend.
+pub const MAX_BATCH_ROOMS: u32 = 32;
+
+/// What a step has done so far, for [`next_in_batch`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Batch {
+    /// Rooms (chunks) taken in this step.
+    pub rooms: u32,
+    /// Groups those chunks loaded.
+    pub groups: u64,
+}
+
+/// After a chunk, whether the same step (transaction) goes on with another room, and
+/// then the most groups that room may have: small rooms share a transaction, so their
+/// commit and the step's bookkeeping are paid once, yet a batch holds no more groups
+/// (and locks) than one chunk of a large room, `chunk_size`. Only after a chunk that
+/// left its room done (`room_done`): a failed chunk ends the step, so its error
+/// reaches the driver; a room with groups left is the next step's first.
+pub fn next_in_batch(
+    last: Outcome,
+    room_done: bool,
+    batch: Batch,
+    chunk_size: usize,
+) -> Option<usize> {
+    let finished = match last {
+        Outcome::Written | Outcome::NotSaved => room_done,
+        Outcome::RoomDone => true,
+        Outcome::Failed | Outcome::NoWork => false,
+    };
+    let left = chunk_size.saturating_sub(batch.groups.min(usize::MAX as u64) as usize);
+    (finished && batch.rooms < MAX_BATCH_ROOMS && left > 0).then_some(left)
 }
 
 /// The chunk size a run asks the core for: the stored size within `1..=MAX_CHUNK_SIZE`.
@@ -472,11 +502,6 @@ mod tests {
         for bad in ["", "running", "crashed", "no_work", "Done"] {
             assert!(RunEnd::parse(bad).is_err(), "{bad:?}");
         }
-        assert!(Outcome::NoWork.ends_run());
-        assert!(Outcome::ALL
-            .iter()
-            .filter(|o| **o != Outcome::NoWork)
-            .all(|o| !o.ends_run()));
     }
 
     fn report(groups: u64) -> ChunkReport {
@@ -507,6 +532,40 @@ mod tests {
             saved: -2,
         };
         assert!(room_done(&last, 100));
+    }
+
+    #[test]
+    fn a_batch_goes_on_only_after_a_finished_room_and_within_one_chunk() {
+        let b = |rooms, groups| Batch { rooms, groups };
+        // A room finished in its one chunk: the rest of the chunk's groups are left.
+        assert_eq!(
+            next_in_batch(Outcome::Written, true, b(1, 120), 500),
+            Some(380)
+        );
+        assert_eq!(
+            next_in_batch(Outcome::NotSaved, true, b(2, 499), 500),
+            Some(1)
+        );
+        assert_eq!(
+            next_in_batch(Outcome::RoomDone, false, b(1, 0), 500),
+            Some(500)
+        );
+        // A room with groups left, a failure, no work: the step ends.
+        assert_eq!(next_in_batch(Outcome::Written, false, b(1, 500), 500), None);
+        assert_eq!(next_in_batch(Outcome::NotSaved, false, b(1, 10), 500), None);
+        assert_eq!(next_in_batch(Outcome::Failed, true, b(1, 10), 500), None);
+        assert_eq!(next_in_batch(Outcome::NoWork, true, b(0, 0), 500), None);
+        // Full: by groups, or by rooms (empty rooms included).
+        assert_eq!(next_in_batch(Outcome::Written, true, b(3, 500), 500), None);
+        assert_eq!(next_in_batch(Outcome::Written, true, b(3, 900), 500), None);
+        assert_eq!(
+            next_in_batch(Outcome::RoomDone, true, b(MAX_BATCH_ROOMS, 0), 500),
+            None
+        );
+        assert_eq!(
+            next_in_batch(Outcome::RoomDone, true, b(MAX_BATCH_ROOMS - 1, 0), 500),
+            Some(500)
+        );
     }
 
     #[test]

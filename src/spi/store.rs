@@ -15,7 +15,9 @@ use std::rc::Rc;
 
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys;
-use pgrx::spi::{SpiClient, SpiCursor, SpiHeapTupleData, SpiResult};
+use pgrx::spi::{
+    OwnedPreparedStatement, SpiClient, SpiCursor, SpiHeapTupleData, SpiResult, SpiTupleTable,
+};
 use pgrx::{FromDatum, IntoDatum, PgMemoryContexts, PgSqlErrorCode, PgTryBuilder};
 use synapse_compress_core::engine::memory::{LoadAllowance, LOAD_BATCH_ROWS};
 use synapse_compress_core::hash::{FxHashMap, FxHashSet};
@@ -24,6 +26,7 @@ use synapse_compress_core::{Error, GroupId, RawGroup, Result, StateRow};
 
 use crate::owner::StateTables;
 use crate::spi::locks::{self, Mode};
+use crate::spi::plans;
 use crate::spi::subxact::SubTransaction;
 
 pub struct SpiStore<'a, 'conn> {
@@ -135,6 +138,18 @@ const TANGLED_ALL_PAYS: &str =
      >= (SELECT CASE WHEN c.reltuples < 0 THEN 'Infinity'::pg_catalog.float8 ELSE c.reltuples END \
          FROM pg_catalog.pg_class c WHERE c.oid = $2::pg_catalog.text::pg_catalog.regclass)";
 
+/// Where `load_groups` takes each group's room from.
+#[derive(Clone, Copy)]
+enum Rooms<'r> {
+    /// `state_groups` (a chain's groups may be of other rooms, or of none).
+    Read,
+    /// All are of this room (a locked chunk's groups, read from the room's rows): one
+    /// read less per chunk.
+    Known(&'r str),
+    /// Not needed (a read-back, compared on edges and rows only): left `None`.
+    Unused,
+}
+
 impl<'a, 'conn> SpiStore<'a, 'conn> {
     /// `Store::tangled` of every room whose groups are in `rooms`, by room, when one
     /// scan of all the edges costs less than asking room by room (`None` otherwise, or
@@ -241,19 +256,54 @@ impl<'a, 'conn> SpiStore<'a, 'conn> {
         &self,
         sql: &str,
         args: &[DatumWithOid],
-        mut f: impl FnMut(&SpiHeapTupleData) -> Result<T>,
+        f: impl FnMut(&SpiHeapTupleData) -> Result<T>,
     ) -> Result<Vec<T>> {
         let table = self.client.select(&self.tables.sql(sql), None, args);
+        self.rows(table, f)
+    }
+
+    /// Map each row of a statement's result, then free it.
+    fn rows<T>(
+        &self,
+        table: SpiResult<SpiTupleTable<'_>>,
+        mut f: impl FnMut(&SpiHeapTupleData) -> Result<T>,
+    ) -> Result<Vec<T>> {
         self.rescratch();
         let out = table.map_err(spi)?.map(|row| f(&row)).collect();
         free_result();
         out
     }
 
-    /// Run a statement that writes or locks; its result is freed.
+    /// The kept plan of `sql` (`spi::plans`), for the statements every chunk runs whose
+    /// arguments are ids and the rows written: their best plan (lookups by id) does not
+    /// depend on the values. Queries by room and id range are planned each time.
+    fn plan(
+        &self,
+        sql: &str,
+        args: &[DatumWithOid],
+        mutating: bool,
+    ) -> Result<Rc<OwnedPreparedStatement>> {
+        let plan = plans::kept(&*self.client, &self.tables.sql(sql), args, mutating);
+        self.rescratch();
+        plan
+    }
+
+    /// `query` with the kept plan of `sql`.
+    fn query_kept<T>(
+        &self,
+        sql: &str,
+        args: &[DatumWithOid],
+        f: impl FnMut(&SpiHeapTupleData) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        let plan = self.plan(sql, args, false)?;
+        let table = self.client.select(&*plan, None, args);
+        self.rows(table, f)
+    }
+
+    /// Run a statement that writes or locks, with its kept plan; its result is freed.
     fn update(&mut self, sql: &str, args: &[DatumWithOid]) -> Result<()> {
-        let sql = self.tables.sql(sql);
-        let done = self.client.update(&sql, None, args);
+        let plan = self.plan(sql, args, true)?;
+        let done = self.client.update(&*plan, None, args);
         self.rescratch();
         done.map_err(spi)?;
         free_result();
@@ -311,9 +361,9 @@ impl<'a, 'conn> SpiStore<'a, 'conn> {
     }
 
     fn lock_rows(&mut self, sql: &str, mode: Mode, ids: &[GroupId]) -> Result<Vec<GroupId>> {
-        let sql = self.tables.sql(&format!("{sql}{}", mode.clause()));
         let args: [DatumWithOid; 1] = [ids.to_vec().into()];
-        let table = self.client.update(&sql, None, &args);
+        let plan = self.plan(&format!("{sql}{}", mode.clause()), &args, true)?;
+        let table = self.client.update(&*plan, None, &args);
         self.rescratch();
         let table = table.map_err(spi)?;
         let mut out = Vec::with_capacity(ids.len());
@@ -365,17 +415,22 @@ impl<'a, 'conn> SpiStore<'a, 'conn> {
         if !self.has_deletion_tables || ids.is_empty() {
             return Ok(FxHashSet::default());
         }
-        Ok(self
-            .ids(LOAD_FROZEN, &[ids.to_vec().into()])?
-            .into_iter()
-            .collect())
+        let found = self.query_kept(LOAD_FROZEN, &[ids.to_vec().into()], |row| {
+            row.get::<i64>(1).map_err(spi)
+        })?;
+        Ok(found.into_iter().flatten().collect())
     }
 
-    /// Edges, rows and room of each id, in the order given (three set-based reads).
+    /// Edges, rows and room (`rooms`) of each id, in the order given (set-based reads).
     /// Rows come through a cursor, `LOAD_BATCH_ROWS` at a time, counted against
     /// `max_bytes` as they arrive: a group too large for the memory limit is refused
     /// while it is read, with the database holding one batch, not the whole result.
-    fn load_groups(&self, ids: &[GroupId], max_bytes: usize) -> Result<Vec<RawGroup>> {
+    fn load_groups(
+        &self,
+        ids: &[GroupId],
+        max_bytes: usize,
+        rooms: Rooms,
+    ) -> Result<Vec<RawGroup>> {
         let mut groups: FxHashMap<GroupId, RawGroup> = ids
             .iter()
             .map(|&id| {
@@ -383,7 +438,10 @@ impl<'a, 'conn> SpiStore<'a, 'conn> {
                     id,
                     RawGroup {
                         id,
-                        room_id: None,
+                        room_id: match rooms {
+                            Rooms::Known(room) => Some(room.to_string()),
+                            Rooms::Read | Rooms::Unused => None,
+                        },
                         prevs: vec![],
                         rows: vec![],
                     },
@@ -391,14 +449,16 @@ impl<'a, 'conn> SpiStore<'a, 'conn> {
             })
             .collect();
         let arg = || -> [DatumWithOid; 1] { [ids.to_vec().into()] };
-        self.query(LOAD_ROOMS, &arg(), |row| {
-            let id: GroupId = row.get(1).map_err(spi)?.unwrap_or_default();
-            if let Some(g) = groups.get_mut(&id) {
-                g.room_id = row.get::<String>(2).map_err(spi)?;
-            }
-            Ok(())
-        })?;
-        self.query(LOAD_EDGES, &arg(), |row| {
+        if let Rooms::Read = rooms {
+            self.query_kept(LOAD_ROOMS, &arg(), |row| {
+                let id: GroupId = row.get(1).map_err(spi)?.unwrap_or_default();
+                if let Some(g) = groups.get_mut(&id) {
+                    g.room_id = row.get::<String>(2).map_err(spi)?;
+                }
+                Ok(())
+            })?;
+        }
+        self.query_kept(LOAD_EDGES, &arg(), |row| {
             let id: GroupId = row.get(1).map_err(spi)?.unwrap_or_default();
             if let (Some(g), Some(p)) = (groups.get_mut(&id), row.get::<i64>(2).map_err(spi)?) {
                 g.prevs.push(p);
@@ -406,8 +466,8 @@ impl<'a, 'conn> SpiStore<'a, 'conn> {
             Ok(())
         })?;
         let mut allowance = LoadAllowance::new(max_bytes);
-        let sql = self.tables.sql(LOAD_ROWS);
-        let cursor = self.client.try_open_cursor(&sql, &arg());
+        let plan = self.plan(LOAD_ROWS, &arg(), false)?;
+        let cursor = self.client.try_open_cursor(&*plan, &arg());
         self.rescratch();
         let mut cursor = cursor.map_err(spi)?;
         loop {
@@ -538,8 +598,14 @@ impl Store for SpiStore<'_, '_> {
                 ids.retain(|id| locked.contains(id));
             }
             let frozen = s.frozen(&ids)?;
+            // Locked, the ids read from the room's rows are still its groups.
+            let rooms = if s.lock {
+                Rooms::Known(room)
+            } else {
+                Rooms::Read
+            };
             Ok(Chunk {
-                groups: s.load_groups(&ids, max_bytes)?,
+                groups: s.load_groups(&ids, max_bytes, rooms)?,
                 frozen,
             })
         })
@@ -564,7 +630,7 @@ impl Store for SpiStore<'_, '_> {
                 ids.truncate(i + 1);
             }
             let mut by_id: FxHashMap<GroupId, RawGroup> = s
-                .load_groups(&ids, max_bytes)?
+                .load_groups(&ids, max_bytes, Rooms::Read)?
                 .into_iter()
                 .map(|g| (g.id, g))
                 .collect();
@@ -582,7 +648,7 @@ impl Store for SpiStore<'_, '_> {
             let ids = s.chain_ids(group, max_hops)?;
             let mut prevs: FxHashMap<GroupId, Vec<GroupId>> =
                 ids.iter().map(|&id| (id, Vec::new())).collect();
-            s.query(LOAD_EDGES, &[ids.clone().into()], |row| {
+            s.query_kept(LOAD_EDGES, &[ids.clone().into()], |row| {
                 let id: GroupId = row.get(1).map_err(spi)?.unwrap_or_default();
                 if let (Some(ps), Some(p)) = (prevs.get_mut(&id), row.get::<i64>(2).map_err(spi)?) {
                     ps.push(p);
@@ -632,10 +698,13 @@ impl Store for SpiStore<'_, '_> {
                 // as every later lock is taken (`spi::locks`), then update.
                 s.lock_groups(LOCK_GROUPS, &prevs)?;
                 let want = prevs.len();
-                let sql = s.tables.sql(
+                let args: [DatumWithOid; 1] = [prevs.clone().into()];
+                let plan = s.plan(
                     "UPDATE @s.state_groups SET event_id = event_id WHERE id = ANY($1) RETURNING id",
-                );
-                let table = s.client.update(&sql, None, &[prevs.clone().into()]);
+                    &args,
+                    true,
+                )?;
+                let table = s.client.update(&*plan, None, &args);
                 s.rescratch();
                 let got = table.map_err(spi)?.len();
                 free_result();
@@ -669,7 +738,7 @@ impl Store for SpiStore<'_, '_> {
 
     fn read_back(&mut self, groups: &[GroupId]) -> Result<Vec<RawGroup>> {
         // The engine charged the rows read back with the rewrite (`rewrite_bytes`).
-        self.scratch(|s| s.load_groups(groups, usize::MAX))
+        self.scratch(|s| s.load_groups(groups, usize::MAX, Rooms::Unused))
     }
 
     fn begin_atomic(&mut self) -> Result<()> {
