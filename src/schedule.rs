@@ -100,6 +100,18 @@ impl Step {
     }
 }
 
+/// What `run_chunk` did.
+enum Taken {
+    /// A chunk ran, or failed and was recorded on its room.
+    Chunk(Step),
+    /// No room (in a batch: none small enough) has work.
+    NoRoom,
+    /// In a batch, the room's rows were held by another transaction, and this one may
+    /// not wait while it holds the batch's earlier rooms' (`spi::locks`): nothing was
+    /// recorded on it, and the next step takes it first. `position`: its progress.
+    Deferred { room: String, position: i64 },
+}
+
 /// What a step adds to its run's row in `synapse_compress.runs` (one statement per
 /// step, however many rooms it took).
 #[derive(Default)]
@@ -349,8 +361,10 @@ fn load_run(client: &SpiClient<'_>, run: i64) -> Result<RunRow> {
     })
 }
 
-/// Which queue rows (`q`) a run may take: work left, not backing off after a failure.
-const ELIGIBLE: &str = "q.pending_groups > 0 AND (q.next_retry IS NULL OR q.next_retry <= now())";
+/// Which queue rows (`q`) a run may take: work left, not backing off after a failure,
+/// not among the rooms this pick already found taken (`$3`).
+const ELIGIBLE: &str = "q.pending_groups > 0 AND (q.next_retry IS NULL OR q.next_retry <= now()) \
+     AND q.room_id <> ALL($3)";
 
 /// A few rooms to try, best first: the run's current room (`$1`) while it has work, then
 /// by priority (`room_settings`), then the most uncompressed rows; never an excluded
@@ -412,48 +426,61 @@ fn pick_room(
     current: Option<&str>,
     max_pending: Option<i64>,
 ) -> Result<Option<(String, Option<String>)>> {
-    let args: [DatumWithOid; 2] = [current.into(), max_pending.into()];
-    let plan = plans::kept(client, &candidates_sql(max_pending.is_some()), &args, false)?;
-    let table = client.select(&*plan, None, &args).map_err(spi)?;
-    let mut candidates = Vec::new();
-    for row in table {
-        if let Some(room) = row.get::<String>(1).map_err(spi)? {
-            candidates.push((room, row.get::<String>(2).map_err(spi)?));
-        }
-    }
-    free_result();
-    for (room, levels) in candidates {
-        // The queue row, if still eligible (READ COMMITTED checks its newest version)
-        // and free, then the room's lock, which compress_room takes too.
-        let args: [DatumWithOid; 1] = [room.as_str().into()];
-        let plan = plans::kept(
-            client,
-            "SELECT q.room_id FROM synapse_compress.room_queue q \
-             WHERE q.room_id = $1 AND q.pending_groups > 0 \
-               AND (q.next_retry IS NULL OR q.next_retry <= now()) \
-             FOR UPDATE OF q SKIP LOCKED",
-            &args,
-            true,
-        )?;
-        let unavailable = client.update(&*plan, None, &args).map_err(spi)?.is_empty();
-        free_result();
-        if unavailable {
-            continue;
-        }
-        let plan = plans::kept(
-            client,
-            "SELECT pg_try_advisory_xact_lock(hashtext('synapse_compress'), hashtext($1))",
-            &args,
-            false,
-        )?;
+    let sql = candidates_sql(max_pending.is_some());
+    // Rooms found taken by another session or worker (a batch there holds up to
+    // MAX_BATCH_ROOMS): the next candidates are read without them, until none is left.
+    let mut taken: Vec<String> = Vec::new();
+    loop {
+        let args: [DatumWithOid; 3] = [current.into(), max_pending.into(), taken.clone().into()];
+        let plan = plans::kept(client, &sql, &args, false)?;
         let table = client.select(&*plan, None, &args).map_err(spi)?;
-        let locked = table.first().get_one::<bool>().map_err(spi)?;
+        let mut candidates: Vec<(String, Option<String>)> = Vec::new();
+        for row in table {
+            if let Some(room) = row.get::<String>(1).map_err(spi)? {
+                // The current room may come twice (first, and in its own rank).
+                if !candidates.iter().any(|(r, _)| *r == room) {
+                    candidates.push((room, row.get::<String>(2).map_err(spi)?));
+                }
+            }
+        }
         free_result();
-        if locked == Some(true) {
-            return Ok(Some((room, levels)));
+        if candidates.is_empty() {
+            return Ok(None);
+        }
+        for (room, levels) in candidates {
+            if take_room(client, &room)? {
+                return Ok(Some((room, levels)));
+            }
+            taken.push(room);
         }
     }
-    Ok(None)
+}
+
+/// Lock `room`'s queue row, if it is still eligible (READ COMMITTED checks its newest
+/// version) and free, then the room's lock, which compress_room takes too; false if
+/// either is held elsewhere.
+fn take_room(client: &mut SpiClient<'_>, room: &str) -> Result<bool> {
+    let args: [DatumWithOid; 1] = [room.into()];
+    let plan = plans::kept(
+        client,
+        "SELECT q.room_id FROM synapse_compress.room_queue q \
+         WHERE q.room_id = $1 AND q.pending_groups > 0 \
+           AND (q.next_retry IS NULL OR q.next_retry <= now()) \
+         FOR UPDATE OF q SKIP LOCKED",
+        &args,
+        true,
+    )?;
+    let unavailable = client.update(&*plan, None, &args).map_err(spi)?.is_empty();
+    free_result();
+    if unavailable {
+        return Ok(false);
+    }
+    let locked = one::<bool>(
+        client,
+        "SELECT pg_try_advisory_xact_lock(hashtext('synapse_compress'), hashtext($1))",
+        &args,
+    )?;
+    Ok(locked == Some(true))
 }
 
 fn report_activity(text: &str) {
@@ -613,11 +640,17 @@ pub fn step(
     let mut max_pending = None;
     loop {
         let limit = max_pending.map_or(chunk_size, |m: usize| m);
-        let chunk = run_chunk(client, run, &row, current.as_deref(), limit, max_pending)?;
-        if chunk.outcome == Outcome::NoWork {
-            // None left, or (in a batch) none small enough.
-            break;
-        }
+        let chunk = match run_chunk(client, run, &row, current.as_deref(), limit, max_pending)? {
+            Taken::Chunk(chunk) => chunk,
+            Taken::NoRoom => break,
+            Taken::Deferred { room, position } => {
+                // The run's current room, which the next step takes first.
+                tally.rooms += 1;
+                current = Some(room);
+                done.position = position;
+                break;
+            }
+        };
         tally.add(&chunk, current.as_deref());
         batch.rooms += 1;
         batch.groups += chunk.groups.max(0) as u64;
@@ -641,7 +674,7 @@ pub fn step(
             message: None,
         });
     }
-    record_step(client, run, &row, &done, &tally)?;
+    record_step(client, run, &row, &done, &tally, current.as_deref())?;
     pgrx::debug1!(
         "synapse_compress: run {run}, {} chunk{} ending in room {}: time by phase: {}",
         done.chunks,
@@ -653,13 +686,15 @@ pub fn step(
 }
 
 /// The step's counts on its run's row, and the database's rows saved (one statement),
-/// with the chunk size adapted to the time the step's chunks took.
+/// with the chunk size adapted to the time the step's chunks took. `current`: the room
+/// the next step goes on with (the last chunk's, or a deferred one).
 fn record_step(
     client: &mut SpiClient<'_>,
     run: i64,
     row: &RunRow,
     done: &Step,
     tally: &RunTally,
+    current: Option<&str>,
 ) -> Result<()> {
     let next_size = policy::adapt_chunk_size(
         row.chunk_size,
@@ -680,7 +715,7 @@ fn record_step(
         &[
             run.into(),
             tally.rooms.into(),
-            done.room_id.as_deref().into(),
+            current.into(),
             done.position.into(),
             tally.chunks.into(),
             tally.not_saved.into(),
@@ -706,11 +741,11 @@ fn run_chunk(
     current: Option<&str>,
     chunk_size: usize,
     max_pending: Option<usize>,
-) -> Result<Step> {
+) -> Result<Taken> {
     let default = default_levels()?;
     let max_pending = max_pending.map(|m| m.min(i64::MAX as usize) as i64);
     let Some((room, levels_text)) = pick_room(client, current, max_pending)? else {
-        return Ok(Step::new(Outcome::NoWork, None));
+        return Ok(Taken::NoRoom);
     };
     let room_setting = room_levels(&room, levels_text);
     let levels = room_setting.clone().unwrap_or(default);
@@ -844,6 +879,17 @@ fn run_chunk(
                 ],
             )?;
         }
+        Err(failure) if failure.refused_holding && max_pending.is_some() => {
+            pgrx::debug1!(
+                "synapse_compress: run {run}: room {room} left to the next step, where it \
+                 can wait for its rows: {}",
+                failure.message
+            );
+            return Ok(Taken::Deferred {
+                room,
+                position: progress.last_compressed,
+            });
+        }
         Err(failure) => {
             step.outcome = Outcome::Failed;
             let message = format!(
@@ -863,8 +909,9 @@ fn run_chunk(
             let delay = policy::retry_delay(errors_before.max(0) as u32);
             exec(
                 client,
-                "UPDATE synapse_compress.room_queue SET last_error = $2, last_error_at = now(), \
-                    error_count = error_count + 1, next_retry = now() + make_interval(secs => $3) \
+                "UPDATE synapse_compress.room_queue SET last_error = $2, \
+                    last_error_at = clock_timestamp(), error_count = error_count + 1, \
+                    next_retry = clock_timestamp() + make_interval(secs => $3) \
                  WHERE room_id = $1",
                 &[
                     room.as_str().into(),
@@ -876,7 +923,7 @@ fn run_chunk(
             step.message = Some(message);
         }
     }
-    Ok(step)
+    Ok(Taken::Chunk(step))
 }
 
 /// The chunk's rewrite and the room's progress, as the state tables' owner. `carried`:

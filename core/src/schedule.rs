@@ -218,10 +218,13 @@ pub fn room_done(chunk: &ChunkOutcome, chunk_size: usize) -> bool {
     }
 }
 
-/// Most rooms one step (one transaction) takes as a batch. Each holds an advisory lock
-/// until the transaction ends, and PostgreSQL's shared lock table is sized for about
-/// `max_locks_per_transaction` (64 by default) per backend.
-pub const MAX_BATCH_ROOMS: u32 = 32;
+/// Most rooms one step (one transaction) takes as a batch. A room written uses about
+/// three subtransactions that get an id (the chunk's unit, its lock's first try, its
+/// atomic write), and a transaction whose subtransaction ids pass 64 overflows
+/// PostgreSQL's per-backend cache of them: every other session's snapshots then look
+/// them up in `pg_subtrans` until it ends. Each room also holds an advisory lock
+/// (the shared lock table is sized for `max_locks_per_transaction`, 64, per backend).
+pub const MAX_BATCH_ROOMS: u32 = 16;
 
 /// What a step has done so far, for [`next_in_batch`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -26,6 +26,10 @@ pub struct Failure {
     pub sqlstate: String,
     pub message: String,
     pub attempts: u32,
+    /// A row was refused (`NOWAIT`) while the transaction held locks taken before the
+    /// unit (an earlier room of a batch): not the room's fault, and a retry in this
+    /// transaction cannot help, since rolling the unit back does not release them.
+    pub refused_holding: bool,
 }
 
 enum Attempt<T> {
@@ -36,6 +40,7 @@ enum Attempt<T> {
 
 /// Run `body` in a subtransaction; keep its writes if it returns `Ok`.
 pub fn contained<T>(mut body: impl FnMut() -> Result<T, Error>) -> Result<T, Failure> {
+    let held_before = locks::held();
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -51,8 +56,9 @@ pub fn contained<T>(mut body: impl FnMut() -> Result<T, Error>) -> Result<T, Fai
             }
             Attempt::Failed(code, message) => {
                 // A refusal to wait while holding locks (`spi::locks`): the rollback
-                // releases them, and the retry may wait.
-                locks::refused();
+                // releases the unit's own, and the retry may wait, unless locks taken
+                // before the unit are still held.
+                let refused_holding = locks::refused() && held_before;
                 sub.end(false);
                 let transient = matches!(
                     code,
@@ -63,13 +69,18 @@ pub fn contained<T>(mut body: impl FnMut() -> Result<T, Error>) -> Result<T, Fai
                 // At REPEATABLE READ (a database's default_transaction_isolation) a
                 // retry in this transaction would see the same snapshot and fail the
                 // same way: leave it to the next chunk's transaction.
-                if transient && attempt < MAX_ATTEMPTS && !snapshot_per_transaction() {
+                if transient
+                    && !refused_holding
+                    && attempt < MAX_ATTEMPTS
+                    && !snapshot_per_transaction()
+                {
                     continue;
                 }
                 return Err(Failure {
                     sqlstate: errors::sqlstate_text(code),
                     message,
                     attempts: attempt,
+                    refused_holding,
                 });
             }
         }
