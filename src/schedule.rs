@@ -117,7 +117,6 @@ enum Taken {
 #[derive(Default)]
 struct RunTally {
     rooms: i32,
-    chunks: i32,
     not_saved: i64,
     errors: i64,
     saved: i64,
@@ -127,7 +126,6 @@ impl RunTally {
     /// Count `chunk`, done after a chunk of `previous` (the run's current room).
     fn add(&mut self, chunk: &Step, previous: Option<&str>) {
         self.rooms += i32::from(chunk.room_id.as_deref() != previous);
-        self.chunks += 1;
         self.not_saved += i64::from(chunk.outcome == Outcome::NotSaved);
         self.errors += i64::from(chunk.outcome == Outcome::Failed);
         self.saved += chunk.saved();
@@ -635,7 +633,6 @@ pub fn step(
     let chunk_size = policy::chunk_limit(row.chunk_size);
     let mut done = Step::new(Outcome::NoWork, None);
     let mut tally = RunTally::default();
-    let mut batch = policy::Batch::default();
     let mut current = row.current_room.clone();
     let mut max_pending = None;
     loop {
@@ -652,10 +649,12 @@ pub fn step(
             }
         };
         tally.add(&chunk, current.as_deref());
-        batch.rooms += 1;
-        batch.groups += chunk.groups.max(0) as u64;
         current = chunk.room_id.clone();
         done = done.then(chunk);
+        let batch = policy::Batch {
+            rooms: done.chunks.min(u32::MAX as u64) as u32,
+            groups: done.groups.max(0) as u64,
+        };
         let Some(left) = policy::next_in_batch(done.outcome, done.room_done, batch, chunk_size)
         else {
             break;
@@ -717,7 +716,7 @@ fn record_step(
             tally.rooms.into(),
             current.into(),
             done.position.into(),
-            tally.chunks.into(),
+            (done.chunks.min(i32::MAX as u64) as i32).into(),
             tally.not_saved.into(),
             done.groups.into(),
             done.groups_changed.into(),
@@ -731,9 +730,8 @@ fn record_step(
 }
 
 /// Compress the next chunk of the run, of at most `chunk_size` groups, after a chunk of
-/// `current`; `max_pending`: in a batch, of a room with fewer groups
-/// pending. `Outcome::NoWork`: no (such) room has work left. The room's queue row is
-/// updated here; the run's row by the step (`record_step`).
+/// `current`; `max_pending`: in a batch, of a room with fewer groups pending. The room's
+/// queue row is updated here; the run's row by the step (`record_step`).
 fn run_chunk(
     client: &mut SpiClient<'_>,
     run: i64,
