@@ -6,7 +6,9 @@ mod common;
 use common::*;
 
 use synapse_compress_core::engine::DEFAULT_MEMORY_LIMIT;
-use synapse_compress_core::engine::{compress_chunk, Carried, ChunkLimits, ChunkOutcome, Progress};
+use synapse_compress_core::engine::{
+    compress_chunk, Carried, ChunkLimits, ChunkOutcome, Progress, MAX_CHUNK_GROWTH,
+};
 use synapse_compress_core::{GroupId, LevelSpec, Levels, RawGroup, StateRow};
 use synapse_compress_testkit::generator;
 use synapse_compress_testkit::memstore::{Call, MemStore, Observed};
@@ -261,6 +263,70 @@ fn an_undone_chunk_never_leaves_chains_beyond_the_bound() {
         r.outcome
     );
     assert_eq!(s.tables, original.tables);
+}
+
+#[test]
+fn a_chunk_that_does_not_pay_is_extended_without_reading_a_group_twice() {
+    // Levels with a snapshot every 1,000 groups turn Synapse's snapshots (ids 101, 201,
+    // ...) into deltas, each saving about 39 rows. A minimum out of reach: the chunk
+    // is extended to `MAX_CHUNK_GROWTH` times its size, then undone. Each group of the
+    // stretch is loaded once (retrying the stretch from its start at each size would
+    // load 150 + 300 + 600 + 1200).
+    const LEVELS: &str = "1000,100";
+    let mut s = MemStore::default();
+    few_changes_room(&mut s, "!r:hs", 1300);
+    let original = s.clone();
+    let limits = ChunkLimits {
+        chunk_size: 150,
+        upto: 1300,
+        min_saved_rows: 1_000_000,
+        memory_limit: DEFAULT_MEMORY_LIMIT,
+    };
+    let mut loaded = 0;
+    let mut observed = Observed {
+        inner: &mut s,
+        observe: |call, groups| {
+            if call == Call::LoadChunk {
+                loaded += groups
+            }
+        },
+    };
+    let r = compress_chunk(
+        &mut observed,
+        "!r:hs",
+        &fresh(LEVELS),
+        limits,
+        Carried::default(),
+    )
+    .expect("chunk");
+    let stretch = 150 * MAX_CHUNK_GROWTH;
+    match &r.outcome {
+        ChunkOutcome::NotSaved { report, saved } => {
+            assert_eq!(report.groups as usize, stretch);
+            assert!(report.changed > 0 && *saved < 1_000_000, "{report:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(loaded, stretch, "groups loaded as the chunk's");
+    assert_eq!(r.progress.last_compressed, stretch as GroupId);
+    assert_eq!(s.tables, original.tables, "an undone chunk left writes");
+
+    // 60 rows are out of reach of one chunk size, within reach of a few. The stretch
+    // stops at the first size that pays, and is kept.
+    let mut limits = limits;
+    limits.min_saved_rows = 60;
+    let mut s = original.clone();
+    let r =
+        compress_chunk(&mut s, "!r:hs", &fresh(LEVELS), limits, Carried::default()).expect("chunk");
+    let ChunkOutcome::Written(report) = &r.outcome else {
+        panic!("{:?}", r.outcome)
+    };
+    assert!(report.rows_before - report.rows_after >= 60, "{report:?}");
+    assert!(
+        report.groups > 150 && report.groups % 150 == 0 && report.groups < 150 * 8,
+        "{report:?}"
+    );
+    check_invariants(&original, &s, chain_bound(LEVELS));
 }
 
 #[test]

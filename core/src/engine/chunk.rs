@@ -44,7 +44,7 @@ pub struct ChunkResult {
     pub levels_reset: bool,
     /// What to hand to the room's next chunk of the same run.
     pub carried: Carried,
-    /// Where the chunk's time went (every attempt, see `MAX_CHUNK_GROWTH`).
+    /// Where the chunk's time went (its whole stretch, see `MAX_CHUNK_GROWTH`).
     pub phases: Phases,
 }
 
@@ -76,7 +76,7 @@ pub fn compress_chunk(
 ) -> Result<ChunkResult> {
     let mut timed = Timed::new(store);
     let mut phases = Phases::default();
-    let mut result = chunk_attempts(&mut timed, &mut phases, room, progress, limits, carried);
+    let mut result = compress_stretch(&mut timed, &mut phases, room, progress, limits, carried);
     phases.merge(&timed.phases);
     if let Ok(r) = result.as_mut() {
         r.phases = phases;
@@ -86,13 +86,13 @@ pub fn compress_chunk(
 
 /// `compress_chunk`, its calls outside `Run::step` timed by `store`, the runs' own
 /// phases added to `phases`.
-fn chunk_attempts(
+fn compress_stretch(
     store: &mut Timed<'_>,
     phases: &mut Phases,
     room: &str,
     progress: &Progress,
     limits: ChunkLimits,
-    mut carried: Carried,
+    carried: Carried,
 ) -> Result<ChunkResult> {
     let spec = progress.levels.spec();
     let fresh = Levels::new(&spec);
@@ -102,85 +102,92 @@ fn chunk_attempts(
         } else {
             (fresh.clone(), true)
         };
-    // A chunk that would not pay is retried over a longer stretch (up to
+    // A chunk that would not pay is extended over a longer stretch (up to
     // `MAX_CHUNK_GROWTH` times the size) before it is given up: the level algorithm
     // may spend rows early in a stretch (a new level's first delta) that it saves
     // later (the snapshots Synapse wrote every 100 groups), and giving up restarts the
-    // levels, which costs a full snapshot.
-    let mut size = limits.chunk_size;
-    loop {
-        let opts = Options {
-            levels: spec.clone(),
-            chunk_size: size,
-            dry_run: false,
-            after_group: None,
-            max_groups: Some(size as i64),
-            memory_limit: limits.memory_limit,
-            recent_choice: true,
-        };
-        let after = progress.last_compressed;
-        let mut run = Run::resume(room, opts, levels.clone(), after, limits.upto)?;
-        run.take_over(carried.clone());
-        store.begin_atomic()?;
-        let stepped = run.step(store.inner());
-        phases.merge(&run.summary.phases);
-        carried = run.carried();
-        let report = match stepped {
-            Ok(Some(report)) => report,
-            Ok(None) => {
-                store.end_atomic(false)?;
-                return Ok(ChunkResult {
-                    outcome: ChunkOutcome::Done,
-                    progress: progress.clone(),
-                    levels_reset: false,
-                    carried,
-                    phases: Phases::default(),
-                });
-            }
-            Err(e) => {
-                let _ = store.end_atomic(false);
-                return Err(e);
-            }
-        };
-        let saved = report.rows_before as i64 - report.rows_after as i64;
-        let pays = report.changed == 0 || saved >= limits.min_saved_rows.max(1);
-        let more_to_read = report.groups as usize == size;
-        if !pays && more_to_read && size < limits.chunk_size * MAX_CHUNK_GROWTH {
-            store.end_atomic(false)?;
-            size = (size * 2).min(limits.chunk_size * MAX_CHUNK_GROWTH);
-            continue;
+    // levels, which costs a full snapshot. The same run goes on, one chunk size at a
+    // time, in the same atomic unit, as `compress_room` would: nothing is redone, and
+    // memory follows the run's slices, not the stretch.
+    let opts = Options {
+        levels: spec.clone(),
+        chunk_size: limits.chunk_size,
+        dry_run: false,
+        after_group: None,
+        max_groups: Some((limits.chunk_size * MAX_CHUNK_GROWTH) as i64),
+        memory_limit: limits.memory_limit,
+        recent_choice: true,
+    };
+    let mut run = Run::resume(room, opts, levels, progress.last_compressed, limits.upto)?;
+    run.take_over(carried);
+    store.begin_atomic()?;
+    let mut report = ChunkReport::default();
+    let stepped = loop {
+        if report.groups > 0 {
+            store.check_interrupts();
         }
-        // Undoing would leave the chunk's groups on their stored chains. Earlier chunks
-        // may have rewritten the groups those chains run through deeper (up to the
-        // level sizes' sum, under a chain Synapse wrote up to 99 hops long), and the
-        // progress moves past the chunk: such a chain would stay beyond both bounds
-        // for good. Then the chunk's writes are kept, though below the minimum (its
-        // chains are verified within the levels' bound).
-        let bound = spec.max_hops().max(SYNAPSE_MAX_HOPS);
-        let keep = pays || report.max_stored_depth > bound;
-        store.end_atomic(keep)?;
-        let (outcome, levels) = if keep {
-            (ChunkOutcome::Written(report.clone()), run.levels().clone())
-        } else {
-            (
-                ChunkOutcome::NotSaved {
-                    report: report.clone(),
-                    saved,
-                },
-                fresh,
-            )
-        };
+        match run.step(store.inner()) {
+            Ok(Some(next)) => {
+                let full = next.groups as usize == limits.chunk_size;
+                report.extend(next);
+                if !full || pays(&report, limits.min_saved_rows) {
+                    break Ok(());
+                }
+            }
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
+    phases.merge(&run.summary.phases);
+    let carried = run.carried();
+    if let Err(e) = stepped {
+        let _ = store.end_atomic(false);
+        return Err(e);
+    }
+    if report.groups == 0 {
+        store.end_atomic(false)?;
         return Ok(ChunkResult {
-            outcome,
-            progress: Progress {
-                last_compressed: report.last,
-                levels,
-            },
-            levels_reset,
+            outcome: ChunkOutcome::Done,
+            progress: progress.clone(),
+            levels_reset: false,
             carried,
             phases: Phases::default(),
         });
     }
+    let saved = report.rows_before as i64 - report.rows_after as i64;
+    let paid = pays(&report, limits.min_saved_rows);
+    // Undoing would leave the chunk's groups on their stored chains. Earlier chunks
+    // may have rewritten the groups those chains run through deeper (up to the
+    // level sizes' sum, under a chain Synapse wrote up to 99 hops long), and the
+    // progress moves past the chunk: such a chain would stay beyond both bounds
+    // for good. Then the chunk's writes are kept, though below the minimum (its
+    // chains are verified within the levels' bound).
+    let bound = spec.max_hops().max(SYNAPSE_MAX_HOPS);
+    let keep = paid || report.max_stored_depth > bound;
+    store.end_atomic(keep)?;
+    let last_compressed = report.last;
+    let (outcome, levels) = if keep {
+        (ChunkOutcome::Written(report), run.levels().clone())
+    } else {
+        (ChunkOutcome::NotSaved { report, saved }, fresh)
+    };
+    Ok(ChunkResult {
+        outcome,
+        progress: Progress {
+            last_compressed,
+            levels,
+        },
+        levels_reset,
+        carried,
+        phases: Phases::default(),
+    })
+}
+
+/// Whether what a chunk did so far is worth keeping: it changed nothing, or removed at
+/// least `min_saved_rows` rows (at least one).
+fn pays(report: &ChunkReport, min_saved_rows: i64) -> bool {
+    let saved = report.rows_before as i64 - report.rows_after as i64;
+    report.changed == 0 || saved >= min_saved_rows.max(1)
 }
 
 /// Levels guarantee that the head of level i is at most Σ_{j≥i} (length_j − 1) hops
