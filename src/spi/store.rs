@@ -142,12 +142,42 @@ const TANGLED_ALL_PAYS: &str =
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Planning {
     /// Its kept plan (`spi::plans`): a statement on about one row per id, whose best
-    /// plan (lookups by id) does not depend on how many ids.
+    /// plan (lookups by id) does not depend on how many ids; or on few state rows.
     Kept,
-    /// For its arguments, each time: a statement on the groups' state rows, whose number
-    /// grows with the state. On 500 groups of a 50,000-member room (289,458 rows) a
-    /// bitmap scan read them in 50 ms where the generic plan's index scan took 124.
+    /// For its arguments, each time: a statement on many state rows. On 500 groups of
+    /// a 50,000-member room (289,458 rows) a bitmap scan read them in 50 ms where the
+    /// generic plan's index scan took 124.
     EachTime,
+}
+
+/// Expected state rows up to which a read or delete of groups' rows keeps its plan.
+/// Planning `= ANY($1)` over a small room's 500 ids took about 1 ms (EXPLAIN on the
+/// bench's small rooms), beside about 5 ms for the room's whole compression; the
+/// generic plan's index scan is slower than a bitmap scan only on large reads.
+const KEEP_PLAN_MAX_ROWS: f64 = 10_000.0;
+
+thread_local! {
+    /// State rows per group in this backend's last read of groups' rows (`None`:
+    /// none yet). Rooms differ, but the groups read next are mostly of the same room
+    /// as the last ones; a wrong guess costs one statement's planning either way.
+    static ROWS_PER_GROUP: Cell<Option<f64>> = const { Cell::new(None) };
+}
+
+impl Planning {
+    /// For a statement on the state rows of `groups` groups.
+    fn for_rows_of(groups: usize) -> Planning {
+        match ROWS_PER_GROUP.get() {
+            Some(per) if per * groups as f64 <= KEEP_PLAN_MAX_ROWS => Planning::Kept,
+            _ => Planning::EachTime,
+        }
+    }
+
+    /// What a read of `groups` groups found: `rows` state rows.
+    fn observe(groups: usize, rows: usize) {
+        if groups > 0 {
+            ROWS_PER_GROUP.set(Some(rows as f64 / groups as f64));
+        }
+    }
 }
 
 /// Where `load_groups` takes each group's room from.
@@ -287,8 +317,7 @@ impl<'a, 'conn> SpiStore<'a, 'conn> {
     }
 
     /// The kept plan of `sql` (`spi::plans`), for the statements every chunk runs on
-    /// about one row per id (`Planning::Kept`). Queries by room and id range, and on
-    /// the groups' state rows, are planned each time.
+    /// about one row per id, or on few state rows (`Planning::Kept`).
     fn plan(
         &self,
         sql: &str,
@@ -484,16 +513,25 @@ impl<'a, 'conn> SpiStore<'a, 'conn> {
             Ok(())
         })?;
         let mut allowance = LoadAllowance::new(max_bytes);
-        // Planned each time (`Planning::EachTime`).
-        let sql = self.tables.sql(LOAD_ROWS);
-        let cursor = self.client.try_open_cursor(&sql, &arg());
+        let args = arg();
+        let cursor = match Planning::for_rows_of(ids.len()) {
+            Planning::Kept => {
+                let plan = self.plan(LOAD_ROWS, &args, false)?;
+                self.client.try_open_cursor(&*plan, &args)
+            }
+            Planning::EachTime => self
+                .client
+                .try_open_cursor(&self.tables.sql(LOAD_ROWS), &args),
+        };
         self.rescratch();
         let mut cursor = cursor.map_err(spi)?;
+        let mut read = 0;
         loop {
             let batch = cursor.fetch(LOAD_BATCH_ROWS as std::ffi::c_long);
             self.rescratch();
             let batch = batch.map_err(spi)?;
             let fetched = batch.len();
+            read += fetched;
             let read = batch.into_iter().try_for_each(|row| {
                 let id: GroupId = row.get(1).map_err(spi)?.unwrap_or_default();
                 let text = |i| {
@@ -515,6 +553,7 @@ impl<'a, 'conn> SpiStore<'a, 'conn> {
                 break;
             }
         }
+        Planning::observe(ids.len(), read);
         Ok(ids
             .iter()
             .map(|id| groups.remove(id).expect("every id has an entry"))
@@ -534,6 +573,10 @@ impl<'a, 'conn> SpiStore<'a, 'conn> {
         // one statement (see `spi::locks`).
         if self.scan.as_ref().map(|(_, at)| *at) != Some(after) {
             self.scan = None;
+            // Planned for its arguments: a generic plan cannot tell a range of a few ids
+            // from a room's whole range, and ANDed a bitmap of every id in the table
+            // with the room's (90 ms instead of 0.6 for a room of 337 groups among
+            // 549,121).
             let sql =
                 "SELECT id FROM @s.state_groups WHERE room_id = $1 AND id > $2 AND id <= $3 ORDER BY id";
             let args: [DatumWithOid; 3] = [room.into(), after.into(), upto.into()];
@@ -747,10 +790,11 @@ impl Store for SpiStore<'_, '_> {
                     Planning::Kept,
                 )?;
             }
+            let planning = Planning::for_rows_of(ids.len());
             s.update(
                 "DELETE FROM @s.state_groups_state WHERE state_group = ANY($1)",
                 &[ids.into()],
-                Planning::EachTime,
+                planning,
             )?;
             if !g.is_empty() {
                 s.update(
