@@ -242,6 +242,7 @@ fn an_undone_chunk_never_leaves_chains_beyond_the_bound() {
     // The second chunk does not pay (the minimum is out of reach).
     limits.min_saved_rows = 1_000_000;
     let before = s.clone();
+    let first = r.clone();
     let r = compress_chunk(&mut s, "!r:hs", &r.progress, limits, r.carried).expect("chunk");
     check_invariants(&before, &s, bound);
     check_invariants(&original, &s, bound);
@@ -252,6 +253,27 @@ fn an_undone_chunk_never_leaves_chains_beyond_the_bound() {
         r.outcome
     );
     assert_eq!(r.progress.last_compressed, 2600);
+
+    // The same in steps of 5 groups: the stretch (8 steps, 40 groups) passes the bound
+    // after its first step. The depths it reports must be those an undo brings back,
+    // not those its own earlier steps wrote.
+    let mut s = before.clone();
+    let steps = ChunkLimits {
+        chunk_size: 5,
+        ..limits
+    };
+    let r = compress_chunk(&mut s, "!r:hs", &first.progress, steps, first.carried).expect("chunk");
+    assert!(
+        matches!(&r.outcome, ChunkOutcome::Written(rep)
+            if rep.groups == 40 && rep.max_stored_depth > bound),
+        "{:?}",
+        r.outcome
+    );
+    for id in 1..=r.progress.last_compressed {
+        let d = s.depth(id).unwrap();
+        assert!(d <= bound, "group {id} left {d} hops deep, bound {bound}");
+    }
+    check_invariants(&before, &s, max_depth(&before));
 
     // A chunk whose undo leaves chains within the bound is still undone.
     let mut s = original.clone();

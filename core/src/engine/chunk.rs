@@ -126,7 +126,12 @@ fn compress_stretch(
         if report.groups > 0 {
             store.check_interrupts();
         }
-        match run.step(store.inner()) {
+        let next = if report.groups == 0 {
+            run.step(store.inner())
+        } else {
+            run.step_on(store.inner())
+        };
+        match next {
             Ok(Some(next)) => {
                 let full = next.groups as usize == limits.chunk_size;
                 report.extend(next);

@@ -74,6 +74,14 @@ pub struct Checkpoint {
     finished: bool,
 }
 
+/// Whether a step begins a chunk (an atomic unit of its own) or continues the last
+/// step's.
+#[derive(Clone, Copy)]
+enum StepOf {
+    NewChunk,
+    SameChunk,
+}
+
 /// A compression of one room in progress.
 pub struct Run {
     room: String,
@@ -234,13 +242,24 @@ impl Run {
     /// Process the next chunk; `None` when the room is done. Its time by phase is
     /// added to the summary's.
     pub fn step(&mut self, store: &mut dyn Store) -> Result<Option<ChunkReport>> {
+        self.step_as(store, StepOf::NewChunk)
+    }
+
+    /// `step`, as more of the chunk the last step began (`compress_chunk`'s stretch,
+    /// kept or undone as a whole): the stored depths it reports are those from before
+    /// the chunk's first step, which an undo brings back.
+    pub(super) fn step_on(&mut self, store: &mut dyn Store) -> Result<Option<ChunkReport>> {
+        self.step_as(store, StepOf::SameChunk)
+    }
+
+    fn step_as(&mut self, store: &mut dyn Store, step: StepOf) -> Result<Option<ChunkReport>> {
         let mut timed = Timed::new(store);
-        let stepped = self.step_timed(&mut timed);
+        let stepped = self.step_timed(&mut timed, step);
         self.summary.phases.merge(&timed.phases);
         stepped
     }
 
-    fn step_timed(&mut self, store: &mut Timed<'_>) -> Result<Option<ChunkReport>> {
+    fn step_timed(&mut self, store: &mut Timed<'_>, step: StepOf) -> Result<Option<ChunkReport>> {
         if self.finished || self.remaining == Some(0) || self.after >= self.upto {
             self.finished = true;
             return Ok(None);
@@ -253,7 +272,9 @@ impl Run {
             self.tangled = Some(Rc::new(store.tangled(&self.room)?));
         }
         let mut report = ChunkReport::default();
-        self.pre_depth = FxHashMap::default();
+        if let StepOf::NewChunk = step {
+            self.pre_depth = FxHashMap::default();
+        }
         while (report.groups as usize) < want && self.after < self.upto {
             if report.groups > 0 {
                 store.check_interrupts();
