@@ -207,13 +207,15 @@ pub struct Boundary {
     pub window_open: bool,
 }
 
-/// Whether the room is done after a chunk: no chunk was left, or the chunk was not
-/// full (fewer groups than asked for: the room has none left up to the run's limit).
+/// Whether the room is done after a chunk: no chunk was left, or the chunk's last
+/// step was not full (fewer groups than asked for: the room has none left up to the
+/// run's limit). A chunk that did not pay ran on a whole chunk size at a time
+/// (`MAX_CHUNK_GROWTH`), so only its last step can be short.
 pub fn room_done(chunk: &ChunkOutcome, chunk_size: usize) -> bool {
     match chunk {
         ChunkOutcome::Done => true,
         ChunkOutcome::Written(report) | ChunkOutcome::NotSaved { report, .. } => {
-            (report.groups as usize) < chunk_size
+            !(report.groups as usize).is_multiple_of(chunk_size)
         }
     }
 }
@@ -535,6 +537,16 @@ mod tests {
             saved: -2,
         };
         assert!(room_done(&last, 100));
+        // A chunk that ran on past one chunk size and met the room's end.
+        assert!(room_done(&ChunkOutcome::Written(report(250)), 100));
+        assert!(room_done(
+            &ChunkOutcome::NotSaved {
+                report: report(705),
+                saved: 0
+            },
+            100
+        ));
+        assert!(!room_done(&ChunkOutcome::Written(report(300)), 100));
     }
 
     #[test]

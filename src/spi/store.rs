@@ -150,25 +150,26 @@ enum Planning {
     EachTime,
 }
 
-/// Expected state rows up to which a read or delete of groups' rows keeps its plan.
-/// Planning `= ANY($1)` over a small room's 500 ids took about 1 ms (EXPLAIN on the
-/// bench's small rooms), beside about 5 ms for the room's whole compression; the
-/// generic plan's index scan is slower than a bitmap scan only on large reads.
-const KEEP_PLAN_MAX_ROWS: f64 = 10_000.0;
+/// Rows per group up to which a read or delete of groups' state rows keeps its plan.
+/// Planning `= ANY($1)` costs 2-5 µs per id (0.7-1.7 ms on a small room's 337-376 ids,
+/// EXPLAIN on the bench's small rooms); the generic plan's index scan costs about 0.25
+/// µs per row more than the bitmap scan planned for the ids (124 ms against 50 on
+/// 289,458 rows). Keeping pays below 8-20 rows per id.
+const KEEP_PLAN_MAX_ROWS_PER_GROUP: f64 = 8.0;
 
 thread_local! {
     /// State rows per group of this backend's last chunk (`None`: none yet). Rooms
     /// differ, but the groups read next are mostly of the same room. A wrong guess
     /// costs a statement's planning, or one read by the generic plan: a large room's
-    /// first chunk after small rooms (the 124 ms against 50 above), once.
+    /// first chunk after small rooms, once.
     static ROWS_PER_GROUP: Cell<Option<f64>> = const { Cell::new(None) };
 }
 
 impl Planning {
-    /// For a statement on the state rows of `groups` groups.
-    fn for_rows_of(groups: usize) -> Planning {
+    /// For a statement on groups' state rows.
+    fn for_state_rows() -> Planning {
         match ROWS_PER_GROUP.get() {
-            Some(per) if per * groups as f64 <= KEEP_PLAN_MAX_ROWS => Planning::Kept,
+            Some(per) if per <= KEEP_PLAN_MAX_ROWS_PER_GROUP => Planning::Kept,
             _ => Planning::EachTime,
         }
     }
@@ -516,7 +517,7 @@ impl<'a, 'conn> SpiStore<'a, 'conn> {
         })?;
         let mut allowance = LoadAllowance::new(max_bytes);
         let args = arg();
-        let cursor = match Planning::for_rows_of(ids.len()) {
+        let cursor = match Planning::for_state_rows() {
             Planning::Kept => {
                 let plan = self.plan(LOAD_ROWS, &args, false)?;
                 self.client.try_open_cursor(&*plan, &args)
@@ -788,7 +789,7 @@ impl Store for SpiStore<'_, '_> {
                     Planning::Kept,
                 )?;
             }
-            let planning = Planning::for_rows_of(ids.len());
+            let planning = Planning::for_state_rows();
             s.update(
                 "DELETE FROM @s.state_groups_state WHERE state_group = ANY($1)",
                 &[ids.into()],
