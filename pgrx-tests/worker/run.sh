@@ -49,7 +49,7 @@ worker_pid() { q "SELECT pid FROM pg_stat_activity WHERE backend_type = 'synapse
 # --- A database as synapse_auto_compressor left it, before the extension exists.
 bash scripts/cluster.sh createdb "$DIR" "$PORT" "$DB" >/dev/null
 load --preset manyrooms --scale 0.02 --seed 31 --first-id 1
-load --preset headline --scale 0.04 --seed 32 --first-id 200000
+load --preset headline --scale 0.02 --seed 32 --first-id 200000
 load --preset small --seed 33 --first-id 400000
 # (compress_all in lib.sql names compress_room, which does not exist yet)
 PGOPTIONS="-c check_function_bodies=off" psql -X -q -d "$DB" -f pgrx-tests/e2e/lib.sql >/dev/null
