@@ -118,12 +118,25 @@ impl Levels {
 
     /// Place `group` (the next group in id order) and return the candidate predecessor
     /// chosen by the levels (`None`: a full snapshot).
+    ///
+    /// One departure from the existing tool: a group placed with no predecessor also
+    /// starts the chains of the empty levels above it, as the top level's restart does.
+    /// The tool leaves them empty, so the first group a level above the first gets is
+    /// a second full snapshot (group 101 of every room with the default levels, and
+    /// 5001); here it is a delta on the room's first group, within the same depth.
     pub fn place(&mut self, group: GroupId) -> Option<GroupId> {
-        for level in &mut self.levels {
+        for i in 0..self.levels.len() {
+            let level = &mut self.levels[i];
             if level.current_length < level.max_size {
                 let prev = level.head;
                 level.head = Some(group);
                 level.current_length += 1;
+                if prev.is_none() {
+                    for up in self.levels[i + 1..].iter_mut().filter(|l| l.head.is_none()) {
+                        up.head = Some(group);
+                        up.current_length = 1;
+                    }
+                }
                 return prev;
             }
             // Full: this level restarts at `group`, which also goes one level up.
@@ -178,23 +191,28 @@ mod tests {
     }
 
     #[test]
-    fn matches_the_existing_tool_on_two_levels() {
+    fn places_like_the_existing_tool_but_for_its_second_root() {
         // L2 <---------- L2 <-------- ...
         // ^-- L1 <- L1 <- L1  ^-- L1 <- L1 <- L1   (L1 size 3, L2 size 2)
+        // The tool makes group 4 a root too (its L2 chain starts empty); here group 1
+        // starts both chains, and group 4 is a delta on it.
         let mut levels = Levels::new(&LevelSpec::parse("3,2").unwrap());
-        let prevs: Vec<Option<GroupId>> = (1..=10).map(|g| levels.place(g)).collect();
+        let prevs: Vec<Option<GroupId>> = (1..=13).map(|g| levels.place(g)).collect();
         assert_eq!(
             prevs,
             vec![
                 None,
                 Some(1),
                 Some(2),
-                None,
+                Some(1),
                 Some(4),
                 Some(5),
-                Some(4),
+                None,
                 Some(7),
                 Some(8),
+                Some(7),
+                Some(10),
+                Some(11),
                 None
             ]
         );

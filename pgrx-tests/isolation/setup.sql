@@ -38,8 +38,8 @@ END $$;
 -- The spec's room: 300 groups Synapse-style (sc_test.make_room: a snapshot every 100,
 -- 200 members who never change), snapshotted as the truth of sc_sim.check_round, and
 -- the groups a scenario needs picked from the plan of compress_room with levels
--- '40,20' (the specs' levels: they rewrite 8 groups of this room, the default levels
--- only 1, which leaves no old predecessor to pick):
+-- '40,20' (the specs' levels: they rewrite several groups of this room, the default levels
+-- only 2, which leaves no old predecessor to pick):
 --   new_prev  a new predecessor compress_room does not rewrite itself
 --   old_prev  the stored predecessor of a rewritten group, not rewritten itself
 --   rewritten a rewritten group other than new_prev

@@ -2,10 +2,13 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeSet;
+use std::rc::Rc;
 
 use proptest::test_runner::{Config, RngSeed};
 
 use synapse_compress_core::engine::{self, Options, Summary};
+use synapse_compress_core::hash::FxHashMap;
+use synapse_compress_core::state::{Dictionary, State};
 use synapse_compress_core::{GroupId, LevelSpec, RawGroup, StateRow};
 use synapse_compress_testkit::memstore::{MemStore, Resolution};
 
@@ -187,4 +190,69 @@ pub fn load_spec(spec: &synapse_compress_testkit::generator::GenSpec) -> (MemSto
         s.insert(g.group);
     });
     (s, rooms)
+}
+
+/// The existing tool's result on one room, modelled independently of the planner:
+/// groups in id order, each placed on the head the levels propose, or the nearest
+/// ancestor of it (in the new tree) whose keys are a subset of the group's, else a
+/// full snapshot. Returns its rows after (the sum of the resulting deltas) and the sum
+/// of the groups' chain lengths (hops) in its tree.
+pub fn plain_levels(s: &MemStore, room: &str, spec: &LevelSpec) -> (u64, u64) {
+    let mut dict = Dictionary::default();
+    let mut levels = ToolLevels::new(spec);
+    let mut states: FxHashMap<GroupId, Rc<State>> = FxHashMap::default();
+    // New predecessor and depth of each group.
+    let mut placed: FxHashMap<GroupId, (Option<GroupId>, u64)> = FxHashMap::default();
+    let (mut rows, mut hops) = (0u64, 0u64);
+    for (&id, r) in &s.tables.groups {
+        if r != room {
+            continue;
+        }
+        let raw = s.tables.rows.get(&id).cloned().unwrap_or_default();
+        let own = State::from_rows(&mut dict, &raw).expect("generated rows are unambiguous");
+        let state = match s.tables.edges.get(&id).map(Vec::as_slice) {
+            None | Some([]) => own,
+            Some([p]) => states[p].overlay(&own),
+            Some(more) => panic!("group {id} has {} predecessors", more.len()),
+        };
+        let mut base = levels.place(id);
+        while let Some(b) = base {
+            if states[&b].keys_subset_of(&state) {
+                break;
+            }
+            base = placed[&b].0;
+        }
+        let depth = base.map_or(0, |b| placed[&b].1 + 1);
+        rows += match base {
+            Some(b) => state.delta_from(&states[&b]).len(),
+            None => state.len(),
+        } as u64;
+        hops += depth;
+        placed.insert(id, (base, depth));
+        states.insert(id, Rc::new(state));
+    }
+    (rows, hops)
+}
+
+/// The existing tool's level walk, as it is (not `Levels`, which starts the empty
+/// levels at a room's first group): the first level not full gives its head as the
+/// predecessor; a full level restarts at the group, which goes one level up; an empty
+/// level has no head, so the first group a level gets is a full snapshot.
+struct ToolLevels(Vec<(u32, u32, Option<GroupId>)>);
+
+impl ToolLevels {
+    fn new(spec: &LevelSpec) -> Self {
+        ToolLevels(spec.sizes().iter().map(|&size| (size, 0, None)).collect())
+    }
+
+    fn place(&mut self, group: GroupId) -> Option<GroupId> {
+        for (size, length, head) in &mut self.0 {
+            if *length < *size {
+                *length += 1;
+                return head.replace(group);
+            }
+            (*length, *head) = (1, Some(group));
+        }
+        None
+    }
 }

@@ -69,6 +69,9 @@ SELECT groups_changed, written FROM compress_room('!r:example.org');
 -- A room too small to gain anything.
 SELECT sc_test.make_room('!tiny:example.org', 2, 1000);
 SELECT groups_changed, written FROM compress_room('!tiny:example.org');
+-- Levels that would grow the room (a snapshot every other group): nothing written.
+SELECT sc_test.make_room('!grow:example.org', 60, 2500);
+SELECT groups_changed, rows_before, rows_after, written FROM compress_room('!grow:example.org', levels => '2');
 -- Groups left alone, with the reason: a group the levels would rewrite is pending
 -- deletion; in another room a group has two predecessors.
 SELECT sc_test.make_room('!frozen:example.org', 120, 2000, 100, 50);

@@ -27,9 +27,10 @@ SELECT * FROM plan_room('!p:example.org', after_group => NULL);
 SELECT plan_room_json('!p:example.org', levels => 'a,b');
 \echo SQLSTATE :SQLSTATE
 SELECT sc_test.raw_digest() = :'raw0' AS nothing_written;
--- A readable plan: the room's groups 10001 .. 10120 (a snapshot every 100) on small levels.
+-- A readable plan: the room's groups 10001 .. 10120 (a snapshot every 100) on small levels;
+-- their cycle is 4 x 3 groups, so the 13th starts a new tree.
 SELECT state_group, old_prev, new_prev, rows_before, rows_after, depth, action, reason
-  FROM plan_room('!p:example.org', '4,3', max_groups => 12);
+  FROM plan_room('!p:example.org', '4,3', max_groups => 13);
 SELECT jsonb_pretty(plan_room_json('!p:example.org', '4,3', after_group => 10098, max_groups => 3));
 -- Not executable by PUBLIC.
 SELECT has_function_privilege('public', 'plan_room(text,text,bigint,bigint)', 'EXECUTE') AS public_plan,
