@@ -105,6 +105,19 @@ impl Levels {
                 )));
             }
         }
+        // A level with no head has no chain, whatever length was saved (hand-edited
+        // progress): `place` and `depth_budget` rely on it.
+        let levels = levels
+            .into_iter()
+            .map(|l| Level {
+                current_length: if l.head.is_some() {
+                    l.current_length
+                } else {
+                    0
+                },
+                ..l
+            })
+            .collect();
         Ok(Levels { levels })
     }
 
@@ -121,9 +134,12 @@ impl Levels {
     ///
     /// One departure from the existing tool: a group placed with no predecessor also
     /// starts the chains of the empty levels above it, as the top level's restart does.
-    /// The tool leaves them empty, so the first group a level above the first gets is
-    /// a second full snapshot (group 101 of every room with the default levels, and
-    /// 5001); here it is a delta on the room's first group, within the same depth.
+    /// The tool leaves them empty, so the first group each level above the first gets
+    /// is one more full snapshot (groups 101 and 5101 of every room with the default
+    /// levels). Here group 101 is a delta on the room's first group, which also holds
+    /// the first place of every level's chain: the levels above the first restart
+    /// 100 groups earlier than the tool's (level 2 at 5001, a delta on the first
+    /// group; the top level at 125001, not 130101), within the same bound on depth.
     pub fn place(&mut self, group: GroupId) -> Option<GroupId> {
         for i in 0..self.levels.len() {
             let level = &mut self.levels[i];
@@ -151,10 +167,11 @@ impl Levels {
     }
 
     /// The depth (hops) the level structure gives the group `place` just placed: the
-    /// sum over the levels of their chain lengths less one. With fresh levels, the
-    /// existing tool puts every group at exactly this depth; and any group at most
-    /// this deep keeps every later group the levels place on it within the sum of the
-    /// sizes. The planner lets a group take another base only within this depth.
+    /// sum over the levels of their chain lengths less one (at most the sizes' sum
+    /// less their count). With fresh levels, the level choice puts every group at
+    /// exactly this depth; and any group at most this deep keeps every later group the
+    /// levels place on it within the sum of the sizes. The planner lets a group take
+    /// another base only within this depth.
     pub fn depth_budget(&self) -> u32 {
         self.levels
             .iter()
@@ -216,6 +233,20 @@ mod tests {
                 None
             ]
         );
+    }
+
+    #[test]
+    fn a_saved_level_without_a_head_has_no_chain() {
+        let lv = |current_length, head| Level {
+            max_size: 3,
+            current_length,
+            head,
+        };
+        let mut levels = Levels::restore(vec![lv(2, None), lv(1, Some(1))]).unwrap();
+        assert_eq!(levels.place(10), None);
+        assert_eq!(levels.depth_budget(), 0);
+        assert_eq!(levels.place(11), Some(10));
+        assert_eq!(levels.depth_budget(), 1);
     }
 
     #[test]

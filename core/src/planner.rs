@@ -28,13 +28,13 @@
 //! branches in every delta; the branch choice keeps such groups one row.
 //!
 //! Depth: the levels give each group a depth (`Levels::depth_budget`: the depth the
-//! existing tool's tree puts it at). The branch choice may not make a group deeper
-//! than that (nor than the level choice), so every group is at most as deep as in the
-//! existing tool's tree: chains stay within the sum of the level sizes, level heads
-//! within what saved levels promise, and reads no slower than the existing tool's
-//! tree. Only the levels carry over between chunks; the level and branch choices come
-//! from the new tree as it stands, whatever the chunks. The recent choice sees only
-//! its own slice, so where a slice starts can change which base a snapshot group gets
+//! level choice puts it at, as the existing tool's tree would but for the first group
+//! holding a place in every level, see `Levels::place`). The branch choice may not
+//! make a group deeper than that (nor than the level choice): chains stay within the
+//! sum of the level sizes, and level heads within what saved levels promise. Only the
+//! levels carry over between chunks; the level and branch choices come from the new
+//! tree as it stands, whatever the chunks. The recent choice sees only its own slice,
+//! so where a slice starts can change which base a snapshot group gets
 //! (never any group's state).
 
 use std::collections::VecDeque;

@@ -166,11 +166,13 @@ fn no_regression_on_other_workloads() {
 }
 
 /// Random rooms (every shape, tiny to large states) under every level setting the
-/// property tests use: no room within one cycle of the levels (the product of their
-/// sizes: 125,000 groups with the defaults) ends bigger than with the existing tool's
-/// algorithm, and under each setting all rooms together end smaller. Past a cycle the
-/// two restart their trees at different groups (the tool's first cycle is one
-/// first-level chain longer, see `Levels::place`), so a room may end a few rows bigger.
+/// property tests use: under each setting all rooms together end smaller than with the
+/// existing tool's algorithm, and no room ends bigger that is within one cycle of the
+/// levels (the product of their sizes: 125,000 groups with the defaults) or under a
+/// single level (where the levels place as the tool does). The room's first group
+/// holds a place in every level here (see `Levels::place`), so the levels above the
+/// first restart earlier than the tool's, and past a cycle the two start new trees
+/// (full snapshots) at different groups: such a room may end a few rows bigger.
 #[test]
 fn no_random_room_bigger_than_with_the_level_algorithm() {
     let mut gained = false;
@@ -196,7 +198,7 @@ fn no_random_room_bigger_than_with_the_level_algorithm() {
             o.dry_run = true;
             let sum = engine::compress_room(&mut s, room, o, 0, &mut |_, _| {}).unwrap();
             assert!(
-                groups > cycle || sum.rows_after <= plain,
+                (groups > cycle && levels.sizes().len() > 1) || sum.rows_after <= plain,
                 "seed {seed} levels {lv} {room}: ours {} > plain levels {plain}",
                 sum.rows_after
             );
