@@ -305,42 +305,15 @@ impl Owner {
                 saved_context | pg_sys::SECURITY_RESTRICTED_OPERATION as std::ffi::c_int,
             );
             let nest = pg_sys::NewGUCNestLevel();
-            pg_sys::set_config_option(
-                c"search_path".as_ptr(),
-                c"pg_catalog, pg_temp".as_ptr(),
-                pg_sys::GucContext::PGC_USERSET,
-                pg_sys::GucSource::PGC_S_SESSION,
-                pg_sys::GucAction::GUC_ACTION_SAVE,
-                true,
-                0,
-                false,
-            );
+            set_in_nest(c"search_path", c"pg_catalog, pg_temp");
             // Our statements are index lookups, and the run's whole-database scans run
             // once: JIT compilation costs more than it saves on them (292 ms of the
             // 493 ms tangled-groups scan over 140k groups).
-            pg_sys::set_config_option(
-                c"jit".as_ptr(),
-                c"off".as_ptr(),
-                pg_sys::GucContext::PGC_USERSET,
-                pg_sys::GucSource::PGC_S_SESSION,
-                pg_sys::GucAction::GUC_ACTION_SAVE,
-                true,
-                0,
-                false,
-            );
+            set_in_nest(c"jit", c"off");
             let wait = crate::gucs::LOCK_TIMEOUT.get();
             if wait > 0 {
                 let value = std::ffi::CString::new(format!("{wait}ms")).expect("no NUL");
-                pg_sys::set_config_option(
-                    c"lock_timeout".as_ptr(),
-                    value.as_ptr(),
-                    pg_sys::GucContext::PGC_USERSET,
-                    pg_sys::GucSource::PGC_S_SESSION,
-                    pg_sys::GucAction::GUC_ACTION_SAVE,
-                    true,
-                    0,
-                    false,
-                );
+                set_in_nest(c"lock_timeout", &value);
             }
             nest
         };
@@ -352,4 +325,23 @@ impl Owner {
         }
         out
     }
+}
+
+/// Set a parameter until the GUC nest level open now ends (`AtEOXact_GUC`), as a
+/// function's `SET` clause does.
+///
+/// # Safety
+/// Backend thread, inside a transaction, with a nest level from `NewGUCNestLevel` that
+/// the caller closes (or the (sub)transaction's abort does).
+pub unsafe fn set_in_nest(name: &std::ffi::CStr, value: &std::ffi::CStr) {
+    pg_sys::set_config_option(
+        name.as_ptr(),
+        value.as_ptr(),
+        pg_sys::GucContext::PGC_USERSET,
+        pg_sys::GucSource::PGC_S_SESSION,
+        pg_sys::GucAction::GUC_ACTION_SAVE,
+        true,
+        0,
+        false,
+    );
 }

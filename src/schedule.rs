@@ -182,19 +182,27 @@ fn count_new_groups(
     if upto <= scanned {
         return Ok((upto, snapshot, new));
     }
-    let progress = if tables.has_tool_tables() {
-        "LEFT JOIN @s.state_compressor_progress p ON p.room_id = g.room_id \
-         WHERE g.id > $1 AND g.id <= $2 AND g.id > coalesce(p.last_compressed, 0)"
+    // Two aggregates by room, not one by group joined to the groups: a first run counts
+    // every group, and grouping by group (its statistics say 2% distinct) misestimates
+    // and spills (on 550k groups: 3 s and 14 MB of the backend against 0.5 s and 1 MB).
+    // Rows are counted by the room their rows name, which Synapse writes as the group's:
+    // these counts only order the queue.
+    let (progress, groups_after, rows_after) = if tables.has_tool_tables() {
+        (
+            "LEFT JOIN @s.state_compressor_progress p ON p.room_id = x.room_id",
+            "AND x.id > coalesce(p.last_compressed, 0)",
+            "AND x.state_group > coalesce(p.last_compressed, 0)",
+        )
     } else {
-        "WHERE g.id > $1 AND g.id <= $2"
+        ("", "", "")
     };
     let sql = tables.sql(&format!(
-        "SELECT g.room_id, count(*), coalesce(sum(r.n), 0)::bigint \
-         FROM @s.state_groups g \
-         LEFT JOIN (SELECT state_group, count(*) AS n FROM @s.state_groups_state \
-                    WHERE state_group > $1 AND state_group <= $2 GROUP BY state_group) r \
-                ON r.state_group = g.id \
-         {progress} GROUP BY g.room_id"
+        "SELECT g.room_id, g.n, coalesce(r.n, 0)::bigint \
+         FROM (SELECT x.room_id, count(*) AS n FROM @s.state_groups x {progress} \
+               WHERE x.id > $1 AND x.id <= $2 {groups_after} GROUP BY x.room_id) g \
+         LEFT JOIN (SELECT x.room_id, count(*) AS n FROM @s.state_groups_state x {progress} \
+                    WHERE x.state_group > $1 AND x.state_group <= $2 {rows_after} \
+                    GROUP BY x.room_id) r ON r.room_id = g.room_id"
     ));
     let table = client
         .select(&sql, None, &[scanned.into(), upto.into()])

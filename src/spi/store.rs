@@ -217,12 +217,32 @@ impl<'a, 'conn> SpiStore<'a, 'conn> {
             if pays != Some(true) {
                 return Ok(None);
             }
+            // Hash joins would hash every group twice (the rooms at both ends of each
+            // edge), each up to work_mem. Merge joins walk the indexes instead, in
+            // near heap order (Synapse writes groups and edges in id order) and sort
+            // in work_mem, at most 1 MB (a lower setting stays). On 550k groups:
+            // `CALL compress_database()` peaked at 11.5 MB of private memory, against
+            // 14 with hash joins in 1 MB and 35 with the defaults; the scan took
+            // 2.0 s against 1.4 and 2.0.
+            // SAFETY: backend thread, in a transaction; the nest is closed below, or by
+            // the abort of the subtransaction that catches an ERROR.
+            let nest = unsafe {
+                let nest = pg_sys::NewGUCNestLevel();
+                let kb = std::ffi::CString::new(format!("{}kB", pg_sys::work_mem.min(1024)))
+                    .expect("no NUL");
+                crate::owner::set_in_nest(c"work_mem", &kb);
+                crate::owner::set_in_nest(c"enable_hashjoin", c"off");
+                nest
+            };
             let rows = s.query(TANGLED_ALL, &[(limit as i64 + 1).into()], |row| {
                 Ok((
                     row.get::<String>(1).map_err(spi)?,
                     row.get::<i64>(2).map_err(spi)?,
                 ))
-            })?;
+            });
+            // SAFETY: pairs with the above.
+            unsafe { pg_sys::AtEOXact_GUC(false, nest) };
+            let rows = rows?;
             if rows.len() > limit {
                 return Ok(None);
             }
