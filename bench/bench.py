@@ -656,6 +656,13 @@ def report(results, scaling, sweep, fixed, meta):
                         secs(r["raw"]["seconds"]), per_mrow(r["raw"]["seconds"], r["rows"]),
                         ratio(sec(r, "room"), r["raw"]["seconds"]),
                         mb(get(r.get("room"), "peak_kb")), mb(get(r.get("db"), "peak_kb"))]
+                       for r in scaling]),
+                "\ncompress_room's time by phase (as above) at each scale, ms per million rows "
+                "before, beside the room's state keys (distinct type and state_key): where the "
+                "cost per row grows.\n",
+                table(["scale", "keys", *PHASES, "bookkeeping"],
+                      [[f"{r['scale'] / base['scale']:.0f}x", r.get("keys", "-"),
+                        *[per_mrow(phase(r, "room", p), r["rows"]) for p in (*PHASES, "other")]]
                        for r in scaling])]
     if sweep:
         tool = next((r.get("tool") for r in results if r["name"] == "headline"), None)
@@ -858,8 +865,13 @@ def main():
     if "scaling" in only:
         for f in SCALING:
             same = next((r for r in results if r["name"] == "headline" and f == 1), None)
-            scaling.append(same or workload(cl, args, f"headline_{f * 16:g}x", "headline", 1,
-                                            args.scale * f))
+            r = same or workload(cl, args, f"headline_{f * 16:g}x", "headline", 1,
+                                 args.scale * f)
+            # The state's size grows with the room in this preset (its members): what
+            # resolving and verifying each group costs grows with it.
+            (r["keys"],), = cl.query(r["_ctx"][0], "SELECT count(DISTINCT (type, state_key)) "
+                                     "FROM state_groups_state")
+            scaling.append(r)
     sweep = levels_sweep(cl, args, results) if "levels" in only else None
     fixed = fixed_cost(cl)
     log(f"compress_room fixed cost: {fixed['median']:.2f} ms median")
