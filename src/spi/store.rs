@@ -218,12 +218,14 @@ impl<'a, 'conn> SpiStore<'a, 'conn> {
                 return Ok(None);
             }
             // Hash joins would hash every group twice (the rooms at both ends of each
-            // edge), each up to work_mem. Merge joins walk the indexes instead, in
-            // near heap order (Synapse writes groups and edges in id order) and sort
-            // in work_mem, at most 1 MB (a lower setting stays). On 550k groups:
+            // edge), each up to work_mem. With hash joins off PostgreSQL chose merge
+            // joins, walking the indexes in near heap order (Synapse writes groups and
+            // edges in id order); sorts and aggregates get work_mem at most 1 MB (a
+            // lower setting stays; the recursive UNION's own table is not bounded by
+            // it, and holds only tangled groups). On 550k groups, after the new counts,
             // `CALL compress_database()` peaked at 11.5 MB of private memory, against
-            // 14 with hash joins in 1 MB and 35 with the defaults; the scan took
-            // 2.0 s against 1.4 and 2.0.
+            // 14 with hash joins in 1 MB and 35 with the defaults; the scan took 2.0 s
+            // against 1.4-2.0.
             // SAFETY: backend thread, in a transaction; the nest is closed below, or by
             // the abort of the subtransaction that catches an ERROR.
             let nest = unsafe {
