@@ -15,6 +15,7 @@ use pgrx::spi::SpiClient;
 use synapse_compress_core::{Error, Result};
 
 use crate::spi::plans;
+use crate::spi::settings::{with_settings, Setting};
 use crate::spi::store::{free_result, spi};
 
 /// Synapse's tables, then the existing tool's; all must share one owner.
@@ -298,50 +299,27 @@ impl Owner {
         let mut saved_context: std::ffi::c_int = 0;
         // SAFETY: backend thread, inside a transaction; the same sequence as
         // RefreshMatViewByOid, undone below (or by the abort of the transaction).
-        let nest = unsafe {
+        unsafe {
             pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
             pg_sys::SetUserIdAndSecContext(
                 self.0,
                 saved_context | pg_sys::SECURITY_RESTRICTED_OPERATION as std::ffi::c_int,
             );
-            let nest = pg_sys::NewGUCNestLevel();
-            set_in_nest(c"search_path", c"pg_catalog, pg_temp");
+        }
+        let mut settings = vec![
+            Setting::new(c"search_path", "pg_catalog, pg_temp"),
             // Our statements are index lookups, and the run's whole-database scans run
             // once: JIT compilation costs more than it saves on them (292 ms of the
             // 493 ms tangled-groups scan over 140k groups).
-            set_in_nest(c"jit", c"off");
-            let wait = crate::gucs::LOCK_TIMEOUT.get();
-            if wait > 0 {
-                let value = std::ffi::CString::new(format!("{wait}ms")).expect("no NUL");
-                set_in_nest(c"lock_timeout", &value);
-            }
-            nest
-        };
-        let out = f();
-        // SAFETY: pairs with the above.
-        unsafe {
-            pg_sys::AtEOXact_GUC(false, nest);
-            pg_sys::SetUserIdAndSecContext(saved_user, saved_context);
+            Setting::new(c"jit", "off"),
+        ];
+        let wait = crate::gucs::LOCK_TIMEOUT.get();
+        if wait > 0 {
+            settings.push(Setting::new(c"lock_timeout", format!("{wait}ms")));
         }
+        let out = with_settings(&settings, f);
+        // SAFETY: pairs with the above.
+        unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_context) };
         out
     }
-}
-
-/// Set a parameter until the GUC nest level open now ends (`AtEOXact_GUC`), as a
-/// function's `SET` clause does.
-///
-/// # Safety
-/// Backend thread, inside a transaction, with a nest level from `NewGUCNestLevel` that
-/// the caller closes (or the (sub)transaction's abort does).
-pub unsafe fn set_in_nest(name: &std::ffi::CStr, value: &std::ffi::CStr) {
-    pg_sys::set_config_option(
-        name.as_ptr(),
-        value.as_ptr(),
-        pg_sys::GucContext::PGC_USERSET,
-        pg_sys::GucSource::PGC_S_SESSION,
-        pg_sys::GucAction::GUC_ACTION_SAVE,
-        true,
-        0,
-        false,
-    );
 }

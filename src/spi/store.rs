@@ -27,6 +27,7 @@ use synapse_compress_core::{Error, GroupId, RawGroup, Result, StateRow};
 use crate::owner::StateTables;
 use crate::spi::locks::{self, Mode};
 use crate::spi::plans;
+use crate::spi::settings::{with_settings, Setting};
 use crate::spi::subxact::SubTransaction;
 
 pub struct SpiStore<'a, 'conn> {
@@ -226,25 +227,20 @@ impl<'a, 'conn> SpiStore<'a, 'conn> {
             // `CALL compress_database()` peaked at 11.5 MB of private memory, against
             // 14 with hash joins in 1 MB and 35 with the defaults; the scan took 2.0 s
             // against 1.4-2.0.
-            // SAFETY: backend thread, in a transaction; the nest is closed below, or by
-            // the abort of the subtransaction that catches an ERROR.
-            let nest = unsafe {
-                let nest = pg_sys::NewGUCNestLevel();
-                let kb = std::ffi::CString::new(format!("{}kB", pg_sys::work_mem.min(1024)))
-                    .expect("no NUL");
-                crate::owner::set_in_nest(c"work_mem", &kb);
-                crate::owner::set_in_nest(c"enable_hashjoin", c"off");
-                nest
-            };
-            let rows = s.query(TANGLED_ALL, &[(limit as i64 + 1).into()], |row| {
-                Ok((
-                    row.get::<String>(1).map_err(spi)?,
-                    row.get::<i64>(2).map_err(spi)?,
-                ))
-            });
-            // SAFETY: pairs with the above.
-            unsafe { pg_sys::AtEOXact_GUC(false, nest) };
-            let rows = rows?;
+            // SAFETY: backend thread; PostgreSQL's own global, read only.
+            let work_mem_kb = unsafe { pg_sys::work_mem }.min(1024);
+            let settings = [
+                Setting::new(c"work_mem", format!("{work_mem_kb}kB")),
+                Setting::new(c"enable_hashjoin", "off"),
+            ];
+            let rows = with_settings(&settings, || {
+                s.query(TANGLED_ALL, &[(limit as i64 + 1).into()], |row| {
+                    Ok((
+                        row.get::<String>(1).map_err(spi)?,
+                        row.get::<i64>(2).map_err(spi)?,
+                    ))
+                })
+            })?;
             if rows.len() > limit {
                 return Ok(None);
             }
