@@ -498,7 +498,10 @@ fn report_activity(text: &str) {
 
 /// What a room's last chunk of this run handed on (`engine::Carried`): its tangled
 /// groups, whose scan of the room is too slow for every chunk of a large one (they
-/// only change if corruption appears mid-run), and its slice sizing.
+/// only change if corruption appears mid-run), its slice sizing, and its caches (the
+/// level heads' ancestry and the last slice's nodes, held within
+/// `synapse_compress.memory_limit` and counted in the next chunk's budget), so a large
+/// room's next chunk need not read the heads' chains again.
 struct LastChunk {
     run: i64,
     room: String,
@@ -785,11 +788,22 @@ fn run_chunk(
     let started = Instant::now();
     // The room's last chunk of this run hands on everything; another room's, the
     // slice sizing only (a small room then fits in one slice, not FIRST_SLICE and the
-    // rest).
-    let (carried, same_room) = LAST_CHUNK.with(|t| match &*t.borrow() {
-        Some(t) if t.run == run && t.room == room => (t.carried.clone(), true),
-        Some(t) if t.run == run => (t.carried.sizing_only(), false),
-        _ => (Carried::default(), false),
+    // rest), and its caches are let go first, so they are never held beside this
+    // chunk's memory budget.
+    let (carried, same_room) = LAST_CHUNK.with(|t| {
+        let mut t = t.borrow_mut();
+        match &*t {
+            Some(t) if t.run == run && t.room == room => (t.carried.clone(), true),
+            Some(last) if last.run == run => {
+                let sizing = last.carried.sizing_only();
+                *t = None;
+                (sizing, false)
+            }
+            _ => {
+                *t = None;
+                (Carried::default(), false)
+            }
+        }
     });
     let result = guard::contained(|| {
         owner.run(|| {

@@ -7,7 +7,7 @@ use common::*;
 
 use synapse_compress_core::engine::DEFAULT_MEMORY_LIMIT;
 use synapse_compress_core::engine::{
-    compress_chunk, Carried, ChunkLimits, ChunkOutcome, Progress, MAX_CHUNK_GROWTH,
+    compress_chunk, Carried, ChunkLimits, ChunkOutcome, ChunkResult, Progress, MAX_CHUNK_GROWTH,
 };
 use synapse_compress_core::{GroupId, LevelSpec, Levels, RawGroup, StateRow};
 use synapse_compress_testkit::generator;
@@ -53,6 +53,24 @@ fn drain(s: &mut MemStore, room: &str, p: &mut Progress, limits: ChunkLimits) ->
         out.push(r.outcome);
     }
     panic!("compression of {room} never finished");
+}
+
+/// `compress_chunk`, and how many calls of kind `call` it made to the store.
+fn counting(
+    call: Call,
+    s: &mut MemStore,
+    room: &str,
+    p: &Progress,
+    limits: ChunkLimits,
+    carried: Carried,
+) -> (ChunkResult, usize) {
+    let mut calls = 0;
+    let mut observed = Observed {
+        inner: s,
+        observe: |c, _| calls += usize::from(c == call),
+    };
+    let r = compress_chunk(&mut observed, room, p, limits, carried).expect("chunk");
+    (r, calls)
 }
 
 /// A new group on the room's newest one, as Synapse would write it meanwhile.
@@ -499,14 +517,14 @@ fn another_rooms_sizing_reads_a_small_room_in_one_slice() {
         memory_limit: DEFAULT_MEMORY_LIMIT,
     };
     let chunk_loads = |s: &mut MemStore, room: &str, carried: Carried| {
-        let mut loads = 0;
-        let mut observed = Observed {
-            inner: s,
-            observe: |call, _| loads += usize::from(call == Call::LoadChunk),
-        };
-        let r = compress_chunk(&mut observed, room, &fresh("100,50,25"), limits, carried)
-            .expect("chunk");
-        (r, loads)
+        counting(
+            Call::LoadChunk,
+            s,
+            room,
+            &fresh("100,50,25"),
+            limits,
+            carried,
+        )
     };
     let (a, loads_a) = chunk_loads(&mut s, "!a:hs", Carried::default());
     assert!(
@@ -525,5 +543,43 @@ fn another_rooms_sizing_reads_a_small_room_in_one_slice() {
         b.outcome
     );
     assert_eq!(loads_b, 1, "room b in one slice");
+    check_invariants(&original, &s, 175);
+}
+
+/// A room's next chunk takes over the caches its last chunk left (`Carried`), so it
+/// reads fewer stored chains, and writes exactly what it would have written without
+/// them. (That caches are refused where they are not the stored tree is tested with
+/// `Run::take_over`.)
+#[test]
+fn a_rooms_next_chunk_takes_over_the_caches_only_where_they_are_the_stored_tree() {
+    let mut original = MemStore::default();
+    linear_room(&mut original, "!r:hs", 1, 1600);
+    let limits = ChunkLimits {
+        chunk_size: 500,
+        upto: 1600,
+        min_saved_rows: 0,
+        memory_limit: DEFAULT_MEMORY_LIMIT,
+    };
+    let chains = |s: &mut MemStore, p: &Progress, carried: Carried| {
+        counting(Call::LoadChain, s, "!r:hs", p, limits, carried)
+    };
+    let mut s = original.clone();
+    let (first, _) = chains(&mut s, &fresh("100,50,25"), Carried::default());
+    assert!(first.carried.has_cache(), "a chunk leaves its caches");
+    let after_first = s.clone();
+
+    let (cached, cached_loads) = chains(&mut s, &first.progress, first.carried.clone());
+    assert!(!first.carried.has_cache(), "the caches are taken once");
+    let mut plain = after_first.clone();
+    let (uncached, plain_loads) = chains(&mut plain, &first.progress, Carried::default());
+    assert!(
+        cached_loads < plain_loads,
+        "with the caches {cached_loads} chain reads, without {plain_loads}"
+    );
+    assert!(
+        s.tables == plain.tables,
+        "the caches changed what was written"
+    );
+    assert_eq!(cached.progress, uncached.progress);
     check_invariants(&original, &s, 175);
 }

@@ -35,12 +35,39 @@ struct Placement {
 
 /// What a room's next chunk in the same run takes over from this one, when each chunk
 /// is a `Run` of its own (`compress_chunk`): the tangled groups, which take a scan of
-/// the room to find, and the last slice's size and cost per group, so the next chunk
-/// need not start with a small first slice. Neither decides what is written.
+/// the room to find; the last slice's size and cost per group, so the next chunk
+/// need not start with a small first slice; and the run's caches (`Cache`), so the
+/// next chunk need not read the level heads' chains again. The first two decide
+/// nothing that is written; the caches are taken over only where they are the
+/// committed tree (`Run::take_over`).
 #[derive(Clone, Debug, Default)]
 pub struct Carried {
     tangled: Option<Rc<FxHashSet<GroupId>>>,
     sizing: Option<(usize, usize)>,
+    cache: CacheSlot,
+}
+
+/// The caches a chunk leaves (the last slice's nodes and the level heads' ancestry,
+/// with the dictionary their states are interned in), and where it left the room:
+/// they hold the tree as that chunk wrote it. One slot, shared by the clones of a
+/// `Carried`, taken at most once: a chunk retried after a failure starts without.
+#[derive(Clone, Default)]
+struct CacheSlot(Rc<std::cell::RefCell<Option<Cache>>>);
+
+impl std::fmt::Debug for CacheSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let held = self.0.try_borrow().map(|c| c.is_some()).unwrap_or(true);
+        write!(f, "CacheSlot({})", if held { "held" } else { "empty" })
+    }
+}
+
+struct Cache {
+    room: String,
+    after: GroupId,
+    levels: Levels,
+    dict: Dictionary,
+    carry: FxHashMap<GroupId, Rc<Node>>,
+    carry_bytes: usize,
 }
 
 impl Carried {
@@ -55,12 +82,18 @@ impl Carried {
 
     /// What another room's first chunk may take over: the slice sizing (what a group
     /// costs is much the same from room to room, and a slice that does not fit is
-    /// retried smaller), not the tangled groups, which are this room's.
+    /// retried smaller), not the tangled groups or caches, which are this room's.
     pub fn sizing_only(&self) -> Carried {
         Carried {
             tangled: None,
             sizing: self.sizing,
+            cache: CacheSlot::default(),
         }
+    }
+
+    /// Whether caches are still there to take over (for tests).
+    pub fn has_cache(&self) -> bool {
+        self.cache.0.borrow().is_some()
     }
 }
 
@@ -199,13 +232,29 @@ impl Run {
     }
 
     /// What a caller running a room chunk by chunk in separate `Run`s hands on to the
-    /// next one (`take_over`) instead of finding it again.
-    pub fn carried(&self) -> Carried {
+    /// next one (`take_over`) instead of finding it again. The caches move into it.
+    pub fn carried(&mut self) -> Carried {
+        let cache = Cache {
+            room: self.room.clone(),
+            after: self.after,
+            levels: self.levels.clone(),
+            dict: std::mem::take(&mut self.dict),
+            carry: std::mem::take(&mut self.carry),
+            carry_bytes: std::mem::take(&mut self.carry_bytes),
+        };
         Carried {
             tangled: self.tangled.clone(),
             sizing: self.group_cost.map(|cost| (cost, self.last_slice)),
+            cache: CacheSlot(Rc::new(std::cell::RefCell::new(Some(cache)))),
         }
     }
+
+    /// Take over what the room's previous chunk handed on. Its caches hold the tree as
+    /// that chunk wrote it, so they are taken only when this run starts where it ended,
+    /// in the same room, with the levels it left: that is, its progress was committed
+    /// with its writes. (Synapse may since have deleted a cached group, or de-deltaed
+    /// one: the write refuses a predecessor deleted meanwhile, and a de-deltaed group
+    /// is only shallower than cached, so the depth bound still holds.)
     pub fn take_over(&mut self, carried: Carried) {
         if carried.tangled.is_some() {
             self.tangled = carried.tangled;
@@ -213,6 +262,14 @@ impl Run {
         if let Some((cost, last)) = carried.sizing {
             self.group_cost = Some(cost);
             self.last_slice = last;
+        }
+        let cache = carried.cache.0.borrow_mut().take();
+        if let Some(c) = cache {
+            if c.room == self.room && c.after == self.after && c.levels == self.levels {
+                self.dict = c.dict;
+                self.carry = c.carry;
+                self.carry_bytes = c.carry_bytes;
+            }
         }
     }
 
@@ -462,7 +519,7 @@ impl Run {
         };
         // The level heads first, top level down: each head's stored chain runs through
         // the heads above it, so each lookup reads only the rows above the last one
-        // (a run resumed for a chunk has none of them carried).
+        // (a chunk's run has them carried only when it took over the caches).
         for head in self.levels.levels().iter().rev().filter_map(|l| l.head) {
             let _ = outside.lookup(store, head)?;
         }
@@ -1051,4 +1108,66 @@ fn fold_links(
         prev: head.prevs.first().copied(),
         usable: !head.frozen && head.in_room,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::DEFAULT_MEMORY_LIMIT;
+    use crate::levels::LevelSpec;
+
+    fn run(room: &str, after: GroupId, levels: &Levels) -> Run {
+        let opts = Options {
+            levels: levels.spec(),
+            chunk_size: 10,
+            dry_run: false,
+            after_group: None,
+            max_groups: None,
+            memory_limit: DEFAULT_MEMORY_LIMIT,
+            recent_choice: true,
+        };
+        Run::resume(room, opts, levels.clone(), after, 100).unwrap()
+    }
+
+    /// A chunk's caches hold the tree as it wrote it: the next run takes them only
+    /// where it starts from that chunk's committed progress (same room, position and
+    /// levels); else its writes were undone, or another room is next.
+    #[test]
+    fn caches_are_taken_over_only_from_where_they_were_left() {
+        let spec = LevelSpec::parse("3,2").unwrap();
+        let mut left = Levels::new(&spec);
+        for g in 1..=10 {
+            left.place(g);
+        }
+        let node = Rc::new(Node {
+            state: Rc::new(State::default()),
+            depth: 1,
+            prev: Some(9),
+            usable: true,
+        });
+        let carried = |levels: &Levels| {
+            let mut r = run("!r:hs", 10, levels);
+            r.carry.insert(10, node.clone());
+            r.carry_bytes = 64;
+            r.carried()
+        };
+        let fresh = Levels::new(&spec);
+        for (room, after, levels, taken) in [
+            ("!r:hs", 10, &left, true),
+            ("!other:hs", 10, &left, false),
+            ("!r:hs", 5, &left, false),
+            ("!r:hs", 10, &fresh, false),
+        ] {
+            let mut next = run(room, after, levels);
+            let c = carried(&left);
+            next.take_over(c.clone());
+            assert_eq!(
+                next.carry.contains_key(&10),
+                taken,
+                "{room} after {after}, levels {levels:?}"
+            );
+            assert_eq!(next.carry_bytes, if taken { 64 } else { 0 });
+            assert!(!c.has_cache(), "the slot is emptied either way");
+        }
+    }
 }
