@@ -195,6 +195,8 @@ fn run_without_deadlock(
 
 /// The compression itself, in one SPI connection, as the state tables' owner.
 fn run(room: &str, opts: Options, dry_run: bool, min_saved_rows: i64) -> Result<Summary, Error> {
+    // Nothing of a scheduled run cancelled in this session stays beside this budget.
+    crate::schedule::forget_run_caches();
     Spi::connect_mut(|client| {
         let access = if dry_run { Access::Read } else { Access::Write };
         let mut tables = StateTables::resolve(client, access)?;

@@ -30,6 +30,7 @@ fn plan(
     let after_group = or_default(after_group, "after_group");
     let max_groups = or_default(max_groups, "max_groups");
     let opts = room_options(room, levels, true, Some(after_group), Some(max_groups));
+    crate::schedule::forget_run_caches();
     let (summary, plans) = clean(|| {
         Spi::connect_mut(|client| {
             let tables = StateTables::resolve(client, Access::Read)?;

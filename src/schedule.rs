@@ -226,6 +226,8 @@ fn count_new_groups(
 /// created after this point are left to the next run.
 pub fn begin_run(client: &mut SpiClient<'_>, source: Source) -> Result<i64> {
     let started = Instant::now();
+    // A run cancelled midway in this session never reached `end_run`.
+    forget_run_caches();
     default_levels()?;
     exec(
         client,
@@ -310,8 +312,7 @@ pub fn end_run(
 ) -> Result<()> {
     let outcome = RunEnd::parse(outcome)?.as_str();
     // What the run kept for its chunks goes with it.
-    RUN_TANGLED.with(|t| t.borrow_mut().take_if(|t| t.run == run));
-    LAST_CHUNK.with(|t| t.borrow_mut().take_if(|t| t.run == run));
+    forget_run_caches();
     exec(
         client,
         "UPDATE synapse_compress.runs SET outcome = $2, finished_at = clock_timestamp(), message = $3, \
@@ -504,8 +505,18 @@ fn report_activity(text: &str) {
 /// room's next chunk need not read the heads' chains again.
 struct LastChunk {
     run: i64,
+    /// The state tables' schema (`@s.`), as `RunTangled`'s.
+    schema: String,
     room: String,
     carried: Carried,
+}
+
+/// Let go of what a run kept for its chunks (`LastChunk`, `RunTangled`): at a run's
+/// end, at a new run's start, and before `compress_room`, so that nothing of a run
+/// cancelled midway stays held beside another's memory budget.
+pub fn forget_run_caches() {
+    LAST_CHUNK.with(|t| t.borrow_mut().take());
+    RUN_TANGLED.with(|t| t.borrow_mut().take());
 }
 
 /// The run's tangled groups by room (`SpiStore::tangled_by_room`), found at its first
@@ -790,10 +801,13 @@ fn run_chunk(
     // slice sizing only (a small room then fits in one slice, not FIRST_SLICE and the
     // rest), and its caches are let go first, so they are never held beside this
     // chunk's memory budget.
+    let schema = tables.sql("@s.");
     let (carried, same_room) = LAST_CHUNK.with(|t| {
         let mut t = t.borrow_mut();
         match &*t {
-            Some(t) if t.run == run && t.room == room => (t.carried.clone(), true),
+            Some(t) if t.run == run && t.schema == schema && t.room == room => {
+                (t.carried.clone(), true)
+            }
             Some(last) if last.run == run => {
                 let sizing = last.carried.sizing_only();
                 *t = None;
@@ -825,6 +839,16 @@ fn run_chunk(
     let (mut saved, mut not_saved, mut skipped) = (0, 0, 0);
     match result {
         Ok(r) => {
+            // Kept for the room's next chunk only now that the chunk's unit (its
+            // writes and progress) succeeded: a failed attempt's caches are dropped
+            // with it, before any retry.
+            let last = LastChunk {
+                run,
+                schema,
+                room: room.clone(),
+                carried: r.carried.clone(),
+            };
+            LAST_CHUNK.with(|t| *t.borrow_mut() = Some(last));
             step.position = r.progress.last_compressed;
             step.phases = r.phases;
             let mut notes = Vec::new();
@@ -977,12 +1001,6 @@ fn compress_chunk_as_owner(
     };
     let mut store = SpiStore::new(client, tables, true).map_err(spi)?;
     let r = engine::compress_chunk(&mut store, room, progress, limits, carried)?;
-    let last = LastChunk {
-        run,
-        room: room.to_string(),
-        carried: r.carried.clone(),
-    };
-    LAST_CHUNK.with(|t| *t.borrow_mut() = Some(last));
     drop(store);
     progress::save(client, tables, room, &r.progress)?;
     Ok(r)

@@ -101,7 +101,9 @@ pub trait Store {
     /// engine asks once per run; Synapse writes no such edges, so this is almost
     /// always empty.
     fn tangled(&mut self, room: &str) -> Result<FxHashSet<GroupId>>;
-    /// Replace the edge and rows of each rewritten group, set-based.
+    /// Replace the edge and rows of each rewritten group, set-based. A chosen
+    /// predecessor deleted, pending deletion or being persisted by now (the engine may
+    /// have read it earlier) fails the call with `Error::Concurrent`, nothing written.
     fn write_chunk(&mut self, room: &str, rewrites: &[Rewrite]) -> Result<()>;
     /// The edges and rows stored now for `groups` (to check a write landed as planned).
     fn read_back(&mut self, groups: &[GroupId]) -> Result<Vec<RawGroup>>;

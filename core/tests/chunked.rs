@@ -9,7 +9,7 @@ use synapse_compress_core::engine::DEFAULT_MEMORY_LIMIT;
 use synapse_compress_core::engine::{
     compress_chunk, Carried, ChunkLimits, ChunkOutcome, ChunkResult, Progress, MAX_CHUNK_GROWTH,
 };
-use synapse_compress_core::{GroupId, LevelSpec, Levels, RawGroup, StateRow};
+use synapse_compress_core::{Error, GroupId, LevelSpec, Levels, RawGroup, StateRow};
 use synapse_compress_testkit::generator;
 use synapse_compress_testkit::memstore::{Call, MemStore, Observed};
 use synapse_compress_testkit::rng::Rng;
@@ -551,7 +551,7 @@ fn another_rooms_sizing_reads_a_small_room_in_one_slice() {
 /// them. (That caches are refused where they are not the stored tree is tested with
 /// `Run::take_over`.)
 #[test]
-fn a_rooms_next_chunk_takes_over_the_caches_only_where_they_are_the_stored_tree() {
+fn a_rooms_next_chunk_takes_over_the_caches_and_writes_the_same() {
     let mut original = MemStore::default();
     linear_room(&mut original, "!r:hs", 1, 1600);
     let limits = ChunkLimits {
@@ -582,4 +582,65 @@ fn a_rooms_next_chunk_takes_over_the_caches_only_where_they_are_the_stored_tree(
     );
     assert_eq!(cached.progress, uncached.progress);
     check_invariants(&original, &s, 175);
+}
+
+/// Caches carried between chunks hold what was read in an earlier transaction: a
+/// group Synapse marked for deletion since is still a usable base there. The store
+/// refuses it at the write (`Store::write_chunk`), the chunk is retried without the
+/// caches, and no group gets a predecessor pending deletion.
+#[test]
+fn a_base_marked_for_deletion_between_chunks_is_refused_at_the_write() {
+    let mut s = MemStore::default();
+    linear_room(&mut s, "!r:hs", 1, 1600);
+    let limits = ChunkLimits {
+        chunk_size: 500,
+        upto: 1600,
+        min_saved_rows: 0,
+        memory_limit: DEFAULT_MEMORY_LIMIT,
+    };
+    let first = compress_chunk(
+        &mut s,
+        "!r:hs",
+        &fresh("100,50,25"),
+        limits,
+        Carried::default(),
+    )
+    .expect("chunk");
+    // Synapse marks the levels' heads meanwhile.
+    let marked: Vec<GroupId> = first.progress.levels.heads().collect();
+    assert!(!marked.is_empty());
+    for &g in &marked {
+        s.tables.pending_deletion.insert(g);
+    }
+    let before = s.clone();
+    let refused = compress_chunk(
+        &mut s,
+        "!r:hs",
+        &first.progress,
+        limits,
+        first.carried.clone(),
+    );
+    assert!(
+        matches!(refused, Err(Error::Concurrent { group, .. }) if marked.contains(&group)),
+        "{:?}",
+        refused.map(|r| r.outcome)
+    );
+    assert!(s.tables == before.tables, "a refused chunk wrote");
+    // The retry (the same `Carried`: its caches were taken) reads the marks.
+    let r = compress_chunk(&mut s, "!r:hs", &first.progress, limits, first.carried).expect("chunk");
+    assert!(
+        matches!(r.outcome, ChunkOutcome::Written(_)),
+        "{:?}",
+        r.outcome
+    );
+    for (g, prevs) in &s.tables.edges {
+        if before.tables.edges.get(g) != Some(prevs) {
+            assert!(
+                !prevs.iter().any(|p| marked.contains(p)),
+                "group {g} was given predecessor {prevs:?}, marked for deletion"
+            );
+        }
+    }
+    // Groups the first chunk based on a head before it was marked keep that base.
+    check_invariants(&before, &s, 175);
 }

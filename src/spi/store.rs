@@ -793,6 +793,17 @@ impl Store for SpiStore<'_, '_> {
                         reason: format!("{} chosen predecessors were deleted meanwhile", want - got),
                     });
                 }
+                // The planner never takes a group pending deletion or being persisted,
+                // but it may have read one before Synapse marked it (a node cached from
+                // an earlier statement, slice or chunk): checked again here, locked.
+                if let Some(&group) = s.frozen(&prevs)?.iter().min() {
+                    return Err(Error::Concurrent {
+                        group,
+                        reason: "a chosen predecessor was marked for deletion, or is being \
+                                 persisted, meanwhile"
+                            .into(),
+                    });
+                }
             }
             s.update(
                 "DELETE FROM @s.state_group_edges WHERE state_group = ANY($1)",

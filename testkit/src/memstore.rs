@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use synapse_compress_core::engine::memory::{LoadAllowance, LOAD_BATCH_ROWS};
 use synapse_compress_core::hash::FxHashSet;
 use synapse_compress_core::store::{Chain, Chunk, Rewrite, RoomExtent, Store};
-use synapse_compress_core::{GroupId, RawGroup, Result, StateRow};
+use synapse_compress_core::{Error, GroupId, RawGroup, Result, StateRow};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Tables {
@@ -231,6 +231,23 @@ impl Store for MemStore {
     }
 
     fn write_chunk(&mut self, _room: &str, rewrites: &[Rewrite]) -> Result<()> {
+        // As the database store: a chosen predecessor deleted, pending deletion or
+        // being persisted is refused before anything is written.
+        for p in rewrites.iter().filter_map(|r| r.prev) {
+            let why = if !self.tables.groups.contains_key(&p) {
+                "deleted"
+            } else if self.tables.pending_deletion.contains(&p)
+                || self.tables.persisting.contains(&p)
+            {
+                "marked for deletion or being persisted"
+            } else {
+                continue;
+            };
+            return Err(Error::Concurrent {
+                group: p,
+                reason: format!("a chosen predecessor was {why} meanwhile"),
+            });
+        }
         self.writes += 1;
         for r in rewrites {
             match r.prev {

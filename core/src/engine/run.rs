@@ -252,9 +252,10 @@ impl Run {
     /// Take over what the room's previous chunk handed on. Its caches hold the tree as
     /// that chunk wrote it, so they are taken only when this run starts where it ended,
     /// in the same room, with the levels it left: that is, its progress was committed
-    /// with its writes. (Synapse may since have deleted a cached group, or de-deltaed
-    /// one: the write refuses a predecessor deleted meanwhile, and a de-deltaed group
-    /// is only shallower than cached, so the depth bound still holds.)
+    /// with its writes. (Synapse may since have deleted a cached group, marked it for
+    /// deletion, or de-deltaed it: the write refuses a predecessor deleted or marked
+    /// meanwhile (`Store::write_chunk`), and a de-deltaed group is only shallower than
+    /// cached, so the depth bound still holds.)
     pub fn take_over(&mut self, carried: Carried) {
         if carried.tangled.is_some() {
             self.tangled = carried.tangled;
