@@ -641,6 +641,8 @@ fn a_base_marked_for_deletion_between_chunks_is_refused_at_the_write() {
             );
         }
     }
-    // Groups the first chunk based on a head before it was marked keep that base.
+    // Against the store as marked: states kept, and no group the second chunk changed
+    // is based on a marked group (the first chunk's bases, chosen before the marks,
+    // stay).
     check_invariants(&before, &s, 175);
 }

@@ -795,7 +795,9 @@ impl Store for SpiStore<'_, '_> {
                 }
                 // The planner never takes a group pending deletion or being persisted,
                 // but it may have read one before Synapse marked it (a node cached from
-                // an earlier statement, slice or chunk): checked again here, locked.
+                // an earlier statement, slice or chunk): checked again here. (Synapse
+                // marks without a lock, so a mark committed after this is not seen; the
+                // no-op update above covers that one.)
                 if let Some(&group) = s.frozen(&prevs)?.iter().min() {
                     return Err(Error::Concurrent {
                         group,
