@@ -146,11 +146,17 @@ pub fn room_options(
     opts
 }
 
-/// `run`, never waiting for a lock while holding others (`spi::locks`). A refused lock
-/// rolls the attempt back, releasing its locks, and it is retried holding none (its
-/// first lock may then wait). If the caller's transaction held locks before this
-/// call, retrying cannot help: the run gives up without raising, so that
-/// transaction's work is kept.
+/// `run`, never waiting for a lock while holding others (`spi::locks`), and retried
+/// when Synapse changed the room under it. Each attempt is a subtransaction:
+/// - A refused lock rolls the attempt back, releasing its locks, and it is retried
+///   holding none (its first lock may then wait). If the caller's transaction held
+///   locks before this call, retrying cannot help: the run gives up without raising,
+///   so that transaction's work is kept.
+/// - A write refused because Synapse deleted or marked a chosen predecessor since it
+///   was read (`Error::Concurrent`, nothing written) is retried at READ COMMITTED,
+///   whose next statements see the deletion or mark, as the scheduled path's chunks
+///   are (`guard::contained`); at REPEATABLE READ the retry would read the same
+///   snapshot, so it is raised at once.
 fn run_without_deadlock(
     room: &str,
     opts: Options,
@@ -175,6 +181,12 @@ fn run_without_deadlock(
         })
         .execute();
         match out {
+            Some(Err(e @ Error::Concurrent { .. }))
+                if attempt < guard::MAX_ATTEMPTS && !guard::snapshot_per_transaction() =>
+            {
+                sub.end(false);
+                notice!("compress_room {room}: attempt {attempt} undone and retried: {e}");
+            }
             Some(result) => {
                 sub.end(result.is_ok());
                 return result;

@@ -839,16 +839,6 @@ fn run_chunk(
     let (mut saved, mut not_saved, mut skipped) = (0, 0, 0);
     match result {
         Ok(r) => {
-            // Kept for the room's next chunk only now that the chunk's unit (its
-            // writes and progress) succeeded: a failed attempt's caches are dropped
-            // with it, before any retry.
-            let last = LastChunk {
-                run,
-                schema,
-                room: room.clone(),
-                carried: r.carried.clone(),
-            };
-            LAST_CHUNK.with(|t| *t.borrow_mut() = Some(last));
             step.position = r.progress.last_compressed;
             step.phases = r.phases;
             let mut notes = Vec::new();
@@ -922,6 +912,16 @@ fn run_chunk(
                     skipped.into(),
                 ],
             )?;
+            // Kept for the room's next chunk only now that the chunk's unit (its
+            // writes and progress) and its bookkeeping succeeded: a failed attempt's
+            // caches are dropped with it, before any retry.
+            let last = LastChunk {
+                run,
+                schema,
+                room: room.clone(),
+                carried: r.carried,
+            };
+            LAST_CHUNK.with(|t| *t.borrow_mut() = Some(last));
         }
         Err(failure) if failure.refused_holding && max_pending.is_some() => {
             pgrx::debug1!(

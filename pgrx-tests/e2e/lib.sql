@@ -175,3 +175,13 @@ EXCEPTION WHEN OTHERS THEN
   GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT, hint = PG_EXCEPTION_HINT;
   RETURN st || ': ' || msg || CASE WHEN with_hint AND hint <> '' THEN ' HINT: ' || hint ELSE '' END;
 END $$;
+
+-- A second session to this database under `name`, as Synapse's own connection would
+-- be (dblink: the case checks first that the server has it).
+CREATE FUNCTION sc_test.connect(name text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+  CREATE EXTENSION IF NOT EXISTS dblink SCHEMA public;
+  RETURN public.dblink_connect(name, format('dbname=%s port=%s host=%s user=%s',
+    current_database(), current_setting('port'),
+    split_part(current_setting('unix_socket_directories'), ',', 1), session_user));
+END $$;

@@ -113,7 +113,8 @@ start_synapse() {
 }
 
 export E2E_BASE_URL="http://127.0.0.1:$HS_PORT" E2E_SECRET=$SECRET E2E_STATE=$LOGS/state.json E2E_DB=$DB
-drive() { "$PY" "$HERE/drive.py" "$@"; }
+# Also kept in drive.log, so the failures can be repeated last (what CI shows is the tail).
+drive() { "$PY" "$HERE/drive.py" "$@" | tee -a "$LOGS/drive.log"; }
 
 log "starting synapse (first start creates its schema)"
 start_synapse
@@ -156,6 +157,10 @@ else
 fi
 
 secs=$(( $(date +%s) - T0 ))
+if [ $status -ne 0 ]; then
+    log "the failures above, again:"
+    grep -h "FAIL: " "$LOGS/drive.log" | head -n 20 || true
+fi
 if [ $status -eq 0 ]; then
     echo "synapse-e2e: PASS in ${secs}s: $summary_line"
 else

@@ -121,9 +121,7 @@ SELECT NOT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'dblink') 
 \quit
 \endif
 SELECT synapse_compress.reset_room(r) FROM unnest(ARRAY[:'a', :'b', :'c']) r;
-CREATE EXTENSION IF NOT EXISTS dblink;
-SELECT dblink_connect('synapse', format('dbname=%s port=%s host=%s user=postgres', current_database(),
-       current_setting('port'), split_part(current_setting('unix_socket_directories'), ',', 1)));
+SELECT sc_test.connect('synapse');
 SELECT dblink_exec('synapse', 'BEGIN');
 SELECT * FROM dblink('synapse', format('SELECT id FROM state_groups WHERE id = %s FOR UPDATE',
                      (SELECT max(id) FROM state_groups WHERE room_id = :'b'))) AS t(id bigint);

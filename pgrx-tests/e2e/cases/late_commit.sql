@@ -13,9 +13,7 @@ SELECT NOT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'dblink') 
 \echo SKIPPED: dblink is not installed on this server
 \quit
 \endif
-CREATE EXTENSION dblink;
-SELECT dblink_connect('late', format('dbname=%s port=%s host=%s', current_database(),
-                      current_setting('port'), split_part(current_setting('unix_socket_directories'), ',', 1)));
+SELECT sc_test.connect('late');
 
 -- A first run: late commits are tracked from there on.
 CALL compress_database();
@@ -71,8 +69,7 @@ SELECT sc_test.check(chunks = 0, 'the run after finds nothing')
 -- A transaction that has taken an id and not inserted yet has no transaction id, so
 -- it is in no snapshot: the snapshot rule alone would settle its id at the next run
 -- start and drop it. Ids stay tracked for 10 minutes (LATE_SETTLE) as well.
-SELECT dblink_connect('late2', format('dbname=%s port=%s host=%s', current_database(),
-                      current_setting('port'), split_part(current_setting('unix_socket_directories'), ',', 1)));
+SELECT sc_test.connect('late2');
 SELECT dblink_exec('late2', 'BEGIN');
 SELECT id AS late2 FROM dblink('late2', 'SELECT nextval(''state_group_id_seq'')') AS t(id bigint) \gset
 SELECT max(id) AS head2 FROM state_groups WHERE room_id = :'room' \gset

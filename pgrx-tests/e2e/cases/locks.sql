@@ -15,9 +15,7 @@ SELECT NOT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'dblink') 
 \echo 'SKIPPED: no dblink in this server'
 \quit
 \endif
-CREATE EXTENSION dblink;
-SELECT dblink_connect('synapse', format('dbname=%s port=%s host=%s user=postgres', current_database(),
-       current_setting('port'), split_part(current_setting('unix_socket_directories'), ',', 1)));
+SELECT sc_test.connect('synapse');
 SELECT dblink_exec('synapse', 'BEGIN ISOLATION LEVEL REPEATABLE READ');
 SELECT * FROM dblink('synapse', format('SELECT id FROM state_groups WHERE id = %s FOR UPDATE', :grp)) AS t(id bigint);
 

@@ -3,8 +3,10 @@
 -- at any moment, and a node cached from an earlier statement, slice or chunk still
 -- offers the group as a base. The mark is made at a known point here: a trigger on the
 -- no-op update the write gives each chosen predecessor (under its lock), just before
--- the write checks the marks. compress_room fails with 40001, nothing written; without
--- the trigger the same call writes.
+-- the write checks the marks. The trigger's marks are rolled back with the refused
+-- attempt, so each retry meets them again: after its last attempt compress_room fails
+-- with 40001, nothing written; without the trigger the same call writes. (A mark that
+-- stays, committed by another session, is met by the retry: marked_retried.)
 -- data: --preset headline --scale 0.02 --seed 24
 CALL sc_test.snapshot();
 SELECT sc_test.raw_digest() AS raw0 \gset
