@@ -4,6 +4,7 @@
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
+use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 use pgrx::{PgSqlErrorCode, PgTryBuilder};
 use synapse_compress_core::engine::{self, NotWritten, Options, Summary};
@@ -11,9 +12,10 @@ use synapse_compress_core::{Error, LevelSpec};
 
 use crate::errors::{self, or_default, raise, report, required};
 use crate::owner::{Access, StateTables};
+use crate::spi::guard;
+use crate::spi::locks::{self, Mode};
 use crate::spi::store::SpiStore;
 use crate::spi::subxact::{self, SubTransaction};
-use crate::spi::{guard, locks};
 use crate::{gucs, progress};
 
 /// Compress one room's state groups in the caller's transaction; see the COMMENT.
@@ -152,6 +154,9 @@ pub fn room_options(
 ///   holding none (its first lock may then wait). If the caller's transaction held
 ///   locks before this call, retrying cannot help: the run gives up without raising,
 ///   so that transaction's work is kept.
+/// - A row waited for past `synapse_compress.lock_timeout` while holding none (the
+///   wait of `spi::locks`; Synapse's deletion of the room's groups holds them for its
+///   transaction): rolled back and retried, as a scheduled chunk is.
 /// - A write refused because Synapse deleted or marked a chosen predecessor since it
 ///   was read (`Error::Concurrent`, nothing written) is retried at READ COMMITTED,
 ///   whose next statements see the deletion or mark, as the scheduled path's chunks
@@ -163,35 +168,52 @@ fn run_without_deadlock(
     dry_run: bool,
     min_saved_rows: i64,
 ) -> Result<Summary, Error> {
+    /// How one attempt ended (one value at a time: its size does not matter).
+    #[allow(clippy::large_enum_variant)]
+    enum Attempt {
+        Ran(Result<Summary, Error>),
+        /// A lock refused while holding others (`Mode::NoWait`).
+        Refused,
+        /// A row waited for past lock_timeout while holding none (`Mode::Wait`).
+        TimedOut,
+        /// One of those at the last attempt: its message.
+        GaveUp(String),
+    }
     let held_before = locks::held();
     let mut attempt = 0;
     loop {
         attempt += 1;
+        let last = attempt >= guard::MAX_ATTEMPTS;
         let sub = SubTransaction::begin();
         let opts = opts.clone();
         let out = PgTryBuilder::new(AssertUnwindSafe(|| {
-            Some(run(room, opts, dry_run, min_saved_rows))
+            Attempt::Ran(run(room, opts, dry_run, min_saved_rows))
         }))
-        .catch_when(PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE, |caught| {
-            if locks::refused() && (held_before || attempt < guard::MAX_ATTEMPTS) {
-                None
-            } else {
-                caught.rethrow()
-            }
+        .catch_when(PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE, |caught| match (
+            locks::caught(),
+            &caught,
+        ) {
+            (Some(Mode::NoWait), _) if held_before || !last => Attempt::Refused,
+            (Some(Mode::Wait), _) if !last => Attempt::TimedOut,
+            (
+                Some(Mode::NoWait | Mode::Wait),
+                CaughtError::PostgresError(r) | CaughtError::ErrorReport(r),
+            ) => Attempt::GaveUp(r.message().to_string()),
+            _ => caught.rethrow(),
         })
         .execute();
         match out {
-            Some(Err(e @ Error::Concurrent { .. }))
-                if attempt < guard::MAX_ATTEMPTS && !guard::snapshot_per_transaction() =>
+            Attempt::Ran(Err(e @ Error::Concurrent { .. }))
+                if !last && !guard::snapshot_per_transaction() =>
             {
                 sub.end(false);
                 notice!("compress_room {room}: attempt {attempt} undone and retried: {e}");
             }
-            Some(result) => {
+            Attempt::Ran(result) => {
                 sub.end(result.is_ok());
                 return result;
             }
-            None => {
+            Attempt::Refused => {
                 sub.end(false);
                 if held_before {
                     return Ok(Summary {
@@ -200,6 +222,24 @@ fn run_without_deadlock(
                         ..Summary::default()
                     });
                 }
+            }
+            Attempt::TimedOut => {
+                // Holding nothing, a row stayed held (Synapse deleting the room's
+                // groups): undone, the next attempt waits again.
+                sub.end(false);
+                notice!(
+                    "compress_room {room}: attempt {attempt} undone and retried: a state group \
+                     stayed locked by another transaction past synapse_compress.lock_timeout"
+                );
+            }
+            Attempt::GaveUp(message) => {
+                sub.end(false);
+                let code = PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE;
+                report(
+                    code,
+                    format!("{message} ({attempt} attempts, each rolled back)"),
+                    errors::retry_hint(code).unwrap_or_default().into(),
+                );
             }
         }
     }

@@ -118,7 +118,7 @@ fn reraise(r: &ErrorReportWithLevel) -> ! {
 }
 
 /// What to do about the errors a rewrite beside a live Synapse can meet.
-fn retry_hint(code: PgSqlErrorCode) -> Option<&'static str> {
+pub fn retry_hint(code: PgSqlErrorCode) -> Option<&'static str> {
     match code {
         PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE => Some(
             "Synapse held a lock on the room's state groups longer than synapse_compress.lock_timeout; \

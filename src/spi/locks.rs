@@ -30,8 +30,8 @@ use pgrx::pg_sys;
 thread_local! {
     /// The top-level transaction that holds row locks we took on Synapse's tables.
     static HELD_BY: Cell<Option<pg_sys::TransactionId>> = const { Cell::new(None) };
-    /// A `NOWAIT` lock statement is running (its 55P03 is a refusal, not a timeout).
-    static NOWAIT_RUNNING: Cell<bool> = const { Cell::new(false) };
+    /// The lock statement running, if one is (see `caught`).
+    static RUNNING: Cell<Option<Mode>> = const { Cell::new(None) };
 }
 
 fn top_xid() -> Option<pg_sys::TransactionId> {
@@ -82,17 +82,25 @@ impl Mode {
     }
 }
 
-/// Run a lock statement, noting whether it was a `NOWAIT` one (see `refused`).
-pub fn locking<T>(nowait: bool, f: impl FnOnce() -> T) -> T {
-    NOWAIT_RUNNING.set(nowait);
+/// Run a lock statement, noting its mode (see `caught`). An error leaves the mode
+/// noted, for whoever catches it.
+pub fn locking<T>(mode: Mode, f: impl FnOnce() -> T) -> T {
+    RUNNING.set(Some(mode));
     let out = f();
-    NOWAIT_RUNNING.set(false);
+    RUNNING.set(None);
     out
 }
 
-/// Whether the lock_not_available (55P03) just caught came from a `NOWAIT` statement
-/// (a refusal to wait while holding locks), not from `lock_timeout`. Reading it
-/// clears it.
+/// Which lock statement the lock_not_available (55P03) just caught came from:
+/// `NoWait`, a refusal to wait while holding locks; `Wait`, `lock_timeout` spent
+/// waiting for one row while holding none; anything else (`SkipLocked` waiting for a
+/// table lock, or `None`: the room's advisory lock, another statement) is not ours to
+/// retry. Reading it clears it.
+pub fn caught() -> Option<Mode> {
+    RUNNING.replace(None)
+}
+
+/// Whether the 55P03 just caught was a refusal to wait while holding locks (`caught`).
 pub fn refused() -> bool {
-    NOWAIT_RUNNING.replace(false)
+    caught() == Some(Mode::NoWait)
 }

@@ -383,7 +383,7 @@ impl<'a, 'conn> SpiStore<'a, 'conn> {
     /// holding another lock of ours (`spi::locks`).
     fn lock_groups(&mut self, sql: &str, ids: &[GroupId]) -> Result<Vec<GroupId>> {
         if locks::held() {
-            return locks::locking(true, || self.lock_rows(sql, Mode::NoWait, ids));
+            return self.lock_rows(sql, Mode::NoWait, ids);
         }
         // Mostly nobody holds any of them: NOWAIT takes them all in one statement.
         // Refused, it took none (its subtransaction is undone), and the rounds below
@@ -394,7 +394,10 @@ impl<'a, 'conn> SpiStore<'a, 'conn> {
         let fast = PgTryBuilder::new(AssertUnwindSafe(|| {
             Some(self.lock_rows(sql, Mode::NoWait, ids))
         }))
-        .catch_when(PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE, |_| None)
+        .catch_when(PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE, |_| {
+            locks::caught(); // handled here
+            None
+        })
         .execute();
         match fast {
             Some(Ok(got)) => {
@@ -425,13 +428,13 @@ impl<'a, 'conn> SpiStore<'a, 'conn> {
             sub.end(false);
         }
         // Synapse kept taking rows back (a storm of deletions): refuse, to retry later.
-        locks::locking(true, || self.lock_rows(sql, Mode::NoWait, ids))
+        self.lock_rows(sql, Mode::NoWait, ids)
     }
 
     fn lock_rows(&mut self, sql: &str, mode: Mode, ids: &[GroupId]) -> Result<Vec<GroupId>> {
         let args: [DatumWithOid; 1] = [ids.to_vec().into()];
         let plan = self.plan(&format!("{sql}{}", mode.clause()), &args, true)?;
-        let table = self.client.update(&*plan, None, &args);
+        let table = locks::locking(mode, || self.client.update(&*plan, None, &args));
         self.rescratch();
         let table = table.map_err(spi)?;
         let mut out = Vec::with_capacity(ids.len());

@@ -22,6 +22,20 @@ SELECT * FROM dblink('synapse', format('SELECT id FROM state_groups WHERE id = %
 SET synapse_compress.lock_timeout = '200ms';
 CALL sc_test.assert_error(format($$SELECT * FROM compress_room(%L)$$, :'room'), '55P03');
 SELECT sc_test.check(sc_test.raw_digest() = :'raw0', 'a lock timeout wrote nothing');
+-- That group is the room's newest: met holding the room's earlier groups, it is
+-- refused (NOWAIT); each attempt is rolled back and retried holding none, and the
+-- last one's error says how many there were.
+SELECT sc_test.error_of(format($$SELECT * FROM compress_room(%L)$$, :'room')) AS err \gset
+SELECT sc_test.check(:'err' LIKE '55P03: could not obtain lock%(3 attempts, each rolled back)',
+                     'refused at each of 3 attempts: ' || :'err');
+-- The room's first group held too: met holding nothing, it is waited for up to
+-- lock_timeout, and that is retried as well.
+SELECT min(id) AS first FROM state_groups WHERE room_id = :'room' \gset
+SELECT * FROM dblink('synapse', format('SELECT id FROM state_groups WHERE id = %s FOR UPDATE', :first)) AS t(id bigint);
+SELECT sc_test.error_of(format($$SELECT * FROM compress_room(%L)$$, :'room'), true) AS err \gset
+SELECT sc_test.check(:'err' LIKE '55P03: canceling statement due to lock timeout (3 attempts, each rolled back) HINT: %lock_timeout%',
+                     'waited lock_timeout at each of 3 attempts: ' || :'err');
+SELECT sc_test.check(sc_test.raw_digest() = :'raw0', 'the timeouts wrote nothing');
 
 CALL compress_database();
 SELECT sc_test.check(last_error LIKE '%55P03%' AND error_count = 1 AND next_retry > now(),
