@@ -156,7 +156,8 @@ pub fn room_options(
 ///   so that transaction's work is kept.
 /// - A row waited for past `synapse_compress.lock_timeout` while holding none (the
 ///   wait of `spi::locks`; Synapse's deletion of the room's groups holds them for its
-///   transaction): rolled back and retried, as a scheduled chunk is.
+///   transaction): rolled back and retried at READ COMMITTED, as a scheduled chunk is
+///   (at REPEATABLE READ the row, once free, would be one Synapse changed: 40001).
 /// - A write refused because Synapse deleted or marked a chosen predecessor since it
 ///   was read (`Error::Concurrent`, nothing written) is retried at READ COMMITTED,
 ///   whose next statements see the deletion or mark, as the scheduled path's chunks
@@ -184,6 +185,7 @@ fn run_without_deadlock(
     loop {
         attempt += 1;
         let last = attempt >= guard::MAX_ATTEMPTS;
+        locks::caught(); // what an earlier error left
         let sub = SubTransaction::begin();
         let opts = opts.clone();
         let out = PgTryBuilder::new(AssertUnwindSafe(|| {
@@ -194,7 +196,9 @@ fn run_without_deadlock(
             &caught,
         ) {
             (Some(Mode::NoWait), _) if held_before || !last => Attempt::Refused,
-            (Some(Mode::Wait), _) if !last => Attempt::TimedOut,
+            (Some(Mode::Wait), _) if !last && !guard::snapshot_per_transaction() => {
+                Attempt::TimedOut
+            }
             (
                 Some(Mode::NoWait | Mode::Wait),
                 CaughtError::PostgresError(r) | CaughtError::ErrorReport(r),
@@ -237,7 +241,10 @@ fn run_without_deadlock(
                 let code = PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE;
                 report(
                     code,
-                    format!("{message} ({attempt} attempts, each rolled back)"),
+                    format!(
+                        "{message} ({attempt} attempt{})",
+                        if attempt == 1 { "" } else { "s" }
+                    ),
                     errors::retry_hint(code).unwrap_or_default().into(),
                 );
             }

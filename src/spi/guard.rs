@@ -44,6 +44,7 @@ pub fn contained<T>(mut body: impl FnMut() -> Result<T, Error>) -> Result<T, Fai
     let mut attempt = 0;
     loop {
         attempt += 1;
+        locks::caught(); // what an earlier error left
         let sub = SubTransaction::begin();
         match try_once(&mut body, must_propagate) {
             Attempt::Done(v) => {
@@ -58,7 +59,9 @@ pub fn contained<T>(mut body: impl FnMut() -> Result<T, Error>) -> Result<T, Fai
                 // A refusal to wait while holding locks (`spi::locks`): the rollback
                 // releases the unit's own, and the retry may wait, unless locks taken
                 // before the unit are still held.
-                let refused_holding = locks::refused() && held_before;
+                let refused = locks::caught() == Some(locks::Mode::NoWait)
+                    && code == PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE;
+                let refused_holding = refused && held_before;
                 sub.end(false);
                 let transient = matches!(
                     code,

@@ -30,8 +30,8 @@ use pgrx::pg_sys;
 thread_local! {
     /// The top-level transaction that holds row locks we took on Synapse's tables.
     static HELD_BY: Cell<Option<pg_sys::TransactionId>> = const { Cell::new(None) };
-    /// The lock statement running, if one is (see `caught`).
-    static RUNNING: Cell<Option<Mode>> = const { Cell::new(None) };
+    /// The mode of the lock statement that last raised an error (see `caught`).
+    static FAILED: Cell<Option<Mode>> = const { Cell::new(None) };
 }
 
 fn top_xid() -> Option<pg_sys::TransactionId> {
@@ -82,25 +82,30 @@ impl Mode {
     }
 }
 
-/// Run a lock statement, noting its mode (see `caught`). An error leaves the mode
-/// noted, for whoever catches it.
+/// Run a lock statement. If it raises, its mode is kept for whoever catches the error
+/// (`caught`).
 pub fn locking<T>(mode: Mode, f: impl FnOnce() -> T) -> T {
-    RUNNING.set(Some(mode));
-    let out = f();
-    RUNNING.set(None);
-    out
+    struct Noted(Mode);
+    impl Drop for Noted {
+        fn drop(&mut self) {
+            // Unwinding: the statement raised (pgrx turns a PostgreSQL ERROR into a
+            // panic that unwinds through here).
+            if std::thread::panicking() {
+                FAILED.set(Some(self.0));
+            }
+        }
+    }
+    FAILED.set(None);
+    let _noted = Noted(mode);
+    f()
 }
 
 /// Which lock statement the lock_not_available (55P03) just caught came from:
 /// `NoWait`, a refusal to wait while holding locks; `Wait`, `lock_timeout` spent
 /// waiting for one row while holding none; anything else (`SkipLocked` waiting for a
 /// table lock, or `None`: the room's advisory lock, another statement) is not ours to
-/// retry. Reading it clears it.
+/// retry. Reading it clears it; each attempt clears it first, so an error caught
+/// elsewhere earlier cannot be read as this one's.
 pub fn caught() -> Option<Mode> {
-    RUNNING.replace(None)
-}
-
-/// Whether the 55P03 just caught was a refusal to wait while holding locks (`caught`).
-pub fn refused() -> bool {
-    caught() == Some(Mode::NoWait)
+    FAILED.replace(None)
 }
