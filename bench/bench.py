@@ -274,8 +274,42 @@ def read_latency(cl, db, sample, reps=3):
         conn.rollback()
     finally:
         conn.close()
-    times = sorted(best.values())
-    return statistics.median(times), times[min(len(times) - 1, int(len(times) * 0.99))]
+    return percentiles(best.values())
+
+
+# What Synapse's read of each sampled group visits: the rows its chain holds (the
+# read fetches and sorts them all) and its hops (an index lookup each).
+READ_COST = """
+    WITH RECURSIVE sgs(state_group) AS (
+        VALUES (%s::bigint)
+      UNION ALL
+        SELECT prev_state_group FROM state_group_edges e, sgs s
+        WHERE s.state_group = e.state_group)
+    SELECT (SELECT count(*) FROM state_groups_state
+            WHERE state_group IN (SELECT state_group FROM sgs)),
+           (SELECT count(*) - 1 FROM sgs)
+"""
+
+
+def percentiles(values):
+    """Median and p99 as read_latency takes them."""
+    v = sorted(values)
+    return statistics.median(v), v[min(len(v) - 1, int(len(v) * 0.99))]
+
+
+def read_cost(cl, db, sample):
+    """Rows and hops Synapse's read visits (median / p99 over the sample): what its time
+    follows, so a read slower than another is explained by one or the other."""
+    conn = cl.connect(db)
+    try:
+        cur = conn.cursor()
+        costs = []
+        for g in sample:
+            cur.execute(READ_COST, (g,))
+            costs.append(cur.fetchone())
+    finally:
+        conn.close()
+    return {"rows": percentiles(c[0] for c in costs), "hops": percentiles(c[1] for c in costs)}
 
 
 def rss_anon_kb(pid):
@@ -454,6 +488,7 @@ def contender(cl, tpl, name, before, sample, args, run, after=None):
         if args.sql_check:
             res["sql_check"] = sql_check(cl, db, "after")
         res["read"] = read_latency(cl, db, sample)
+        res["read_cost"] = read_cost(cl, db, sample)
         if after:
             res.update(after(db))
     if not args.keep:
@@ -470,6 +505,7 @@ def workload(cl, args, name, preset, seed, scale, paths=tuple(PATHS)):
                                    "LIMIT %s", (args.sample,))]
     before = fingerprints(cl, tpl)
     r["read_before"] = read_latency(cl, tpl, sample)
+    r["read_cost_before"] = read_cost(cl, tpl, sample)
     for path in paths:
         r[path] = contender(cl, tpl, f"b_{name}_{path}", before, sample, args,
                             lambda db, path=path: run_ours(cl, db, path))
@@ -667,7 +703,15 @@ def report(results, scaling, sweep, fixed, meta):
                 table(["workload", "before", "after tool", "after room", "after db"],
                       [[r["name"], lat(r["read_before"]),
                         *[lat(get(r.get(w), "read")) for w in ("tool", *PATHS)]]
-                       for r in results])]
+                       for r in results]),
+                "\nWhat each of those reads visits, median / p99 over the sample: the rows "
+                "of its chain (it fetches and sorts them all) and its hops (an index lookup "
+                "each). A read's time follows its rows.\n",
+                table(["workload", "rows before", "rows after tool", "rows after room",
+                       "rows after db", "hops before", "hops after tool", "hops after room",
+                       "hops after db"],
+                      [[r["name"], *[visits(c, "rows") for c in costs(r)],
+                        *[visits(c, "hops") for c in costs(r)]] for r in results])]
     if scaling:
         base = scaling[0]
         out += ["\n## Scaling (headline preset)\n",
@@ -759,6 +803,15 @@ def unaccounted(res):
     return None if None in k else max(0, k[0] - k[1] - k[2])
 
 
+def costs(r):
+    """The read costs of a workload: before, then after the tool and each path."""
+    return [r.get("read_cost_before"), *[get(r.get(w), "read_cost") for w in ("tool", *PATHS)]]
+
+
+def visits(cost, key):
+    return "-" if cost is None else f"{cost[key][0]:.0f} / {cost[key][1]:.0f}"
+
+
 def lat(pair):
     return "-" if pair is None else f"{pair[0]:.2f} / {pair[1]:.2f}"
 
@@ -812,7 +865,11 @@ def targets(results, scaling, sweep, fixed):
             t, o = get(r.get("tool"), "read"), get(r.get(w), "read")
             line(f"read p99 after {PATHS[w]} <= after the tool on {r['name']}",
                  o[1] <= t[1] if known(t, o) else None,
-                 f"{lat(o)} vs {lat(t)} ms")
+                 f"{lat(o)} vs {lat(t)} ms; a read visits rows "
+                 f"{visits(get(r.get(w), 'read_cost'), 'rows')} vs "
+                 f"{visits(get(r.get('tool'), 'read_cost'), 'rows')}, hops "
+                 f"{visits(get(r.get(w), 'read_cost'), 'hops')} vs "
+                 f"{visits(get(r.get('tool'), 'read_cost'), 'hops')}")
     if len(scaling) > 1:
         for w in PATHS:
             per = [None if sec(r, w) is None else sec(r, w) / r["rows"] for r in scaling]

@@ -17,7 +17,7 @@ use std::cmp::Ordering;
 use std::collections::HashMap;
 
 use synapse_compress_core::engine;
-use synapse_compress_core::LevelSpec;
+use synapse_compress_core::{GroupId, LevelSpec};
 use synapse_compress_testkit::generator::{self, GenSpec};
 use synapse_compress_testkit::memstore::{MemStore, Resolution};
 
@@ -81,6 +81,17 @@ fn optimal_rows(s: &MemStore, room: &str) -> u64 {
                 .fold(state.len(), usize::min) as u64
         })
         .sum()
+}
+
+/// The rooms of the preset `SC_PRESET` (default forks) at `SC_SCALE` (default 1) with
+/// `SC_SEED` (default 1): its name and scale, the store and its rooms.
+fn preset_from_env() -> (String, MemStore, Vec<String>) {
+    let name = std::env::var("SC_PRESET").unwrap_or_else(|_| "forks".into());
+    let var = |k: &str, d: f64| std::env::var(k).map_or(d, |v| v.parse().expect("a number"));
+    let spec = generator::preset(&name, var("SC_SCALE", 1.0), var("SC_SEED", 1.0) as u64)
+        .expect("a preset");
+    let (s, rooms) = load_spec(&spec);
+    (format!("{name} x{}", var("SC_SCALE", 1.0)), s, rooms)
 }
 
 /// compress_room on `room` with the default levels: its summary and the room's rows
@@ -224,11 +235,7 @@ fn rows_on_prices_a_base_by_the_entries_it_gets_wrong() {
 #[test]
 #[ignore]
 fn lower_bound_figures() {
-    let name = std::env::var("SC_PRESET").unwrap_or_else(|_| "forks".into());
-    let var = |k: &str, d: f64| std::env::var(k).map_or(d, |v| v.parse().expect("a number"));
-    let spec = generator::preset(&name, var("SC_SCALE", 1.0), var("SC_SEED", 1.0) as u64)
-        .expect("a preset");
-    let (mut s, rooms) = load_spec(&spec);
+    let (name, mut s, rooms) = preset_from_env();
     let (mut before, mut ours, mut bound) = (0u64, 0u64, 0u64);
     for room in &rooms {
         let lower = optimal_rows(&s, room);
@@ -247,10 +254,67 @@ fn lower_bound_figures() {
         bound += lower;
     }
     println!(
-        "{name} x{}: rows before {before}  ours {ours}  bound {bound}  ours/bound {:.3}  \
+        "{name}: rows before {before}  ours {ours}  bound {bound}  ours/bound {:.3}  \
          bound/before {:.3}",
-        var("SC_SCALE", 1.0),
         ours as f64 / bound.max(1) as f64,
         bound as f64 / before.max(1) as f64
     );
+}
+
+/// What Synapse's read of each group visits: its chain's rows and hops, one entry per
+/// group, computed from the stored tables alone (nothing of the engine).
+fn read_costs(s: &MemStore) -> Vec<(u64, u32)> {
+    let mut memo: HashMap<GroupId, (u64, u32)> = HashMap::new();
+    for &id in s.tables.groups.keys() {
+        // Up the chain to a group already priced (or the chain's end), then back down.
+        let mut chain = vec![];
+        let mut at = Some(id);
+        while let Some(g) = at.filter(|g| !memo.contains_key(g)) {
+            chain.push(g);
+            at = s.tables.edges.get(&g).and_then(|e| e.first()).copied();
+        }
+        let (mut rows, mut hops) = at.map_or((0, 0), |g| {
+            let (r, h) = memo[&g];
+            (r, h + 1)
+        });
+        for (i, g) in chain.into_iter().rev().enumerate() {
+            rows += s.tables.rows.get(&g).map_or(0, |r| r.len() as u64);
+            if i > 0 {
+                hops += 1;
+            }
+            memo.insert(g, (rows, hops));
+        }
+    }
+    memo.into_values().collect()
+}
+
+/// The cost of Synapse's full-state read (issue 11, item 6) before and after
+/// compress_room, over every group: the rows its chain holds (the read fetches and
+/// sorts them all) and its hops (one index lookup each). The read's time follows the
+/// rows (BENCHMARKS.md, "Reading state"). `SC_PRESET` etc. as for `lower_bound_figures`.
+#[test]
+#[ignore]
+fn read_cost_figures() {
+    let (name, mut s, rooms) = preset_from_env();
+    let show = |label: &str, s: &MemStore| {
+        let costs = read_costs(s);
+        assert_eq!(costs.len(), s.tables.groups.len());
+        let pick = |mut v: Vec<u64>| {
+            v.sort_unstable();
+            (v[v.len() / 2], v[v.len() * 99 / 100])
+        };
+        let rows = pick(costs.iter().map(|c| c.0).collect());
+        let hops = pick(costs.iter().map(|c| c.1 as u64).collect());
+        let stored: usize = s.tables.rows.values().map(Vec::len).sum();
+        println!(
+            "{name} {label}: rows stored {stored}; a read visits rows {} / {} and hops {} / {} \
+             (median / p99)",
+            rows.0, rows.1, hops.0, hops.1
+        );
+    };
+    show("before", &s);
+    for room in &rooms {
+        ours_after(&mut s, room);
+    }
+    show("after compress_room", &s);
 }
