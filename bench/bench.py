@@ -278,7 +278,8 @@ def read_latency(cl, db, sample, reps=3):
 
 
 # What Synapse's read of each sampled group visits: the rows its chain holds (the
-# read fetches and sorts them all) and its hops (an index lookup each).
+# read fetches and sorts them all) and its hops (the read looks up each group's edge:
+# hops + 1 index lookups).
 READ_COST = """
     WITH RECURSIVE sgs(state_group) AS (
         VALUES (%s::bigint)
@@ -539,6 +540,7 @@ def levels_sweep(cl, args, results):
         r = workload(cl, args, "headline", *WORKLOADS["headline"], args.scale, paths=())
     tpl, before, sample = r["_ctx"]
     sweep = {"rows_before": r["rows"], "read_before": r["read_before"],
+             "read_cost_before": r["read_cost_before"],
              "hops_before": max_hops(cl, tpl), "settings": []}
     for levels in SWEEP:
         res = contender(cl, tpl, "b_levels", before, sample, args,
@@ -705,8 +707,8 @@ def report(results, scaling, sweep, fixed, meta):
                         *[lat(get(r.get(w), "read")) for w in ("tool", *PATHS)]]
                        for r in results]),
                 "\nWhat each of those reads visits, median / p99 over the sample: the rows "
-                "of its chain (it fetches and sorts them all) and its hops (an index lookup "
-                "each). A read's time follows its rows.\n",
+                "of its chain (it fetches and sorts them all) and its hops (it looks up each "
+                "group's edge). The read's time follows mostly its rows.\n",
                 table(["workload", "rows before", "rows after tool", "rows after room",
                        "rows after db", "hops before", "hops after tool", "hops after room",
                        "hops after db"],
@@ -738,17 +740,21 @@ def report(results, scaling, sweep, fixed, meta):
                 "The levels decide how deep the tree of deltas is: a read walks every hop from "
                 "a group down to its snapshot, and the rows of each. Synapse stores a snapshot "
                 "every 100 groups (chains of at most 99 hops). Each setting's rows after, the "
-                "longest chain (max hops) and the same read as above (median / p99 ms).\n",
-                table(["levels", "max hops", "rows after", "rows/before", "read ms", "p99/before"],
+                "longest chain (max hops), the same read as above (median / p99 ms) and the rows "
+                "it visits (median / p99).\n",
+                table(["levels", "max hops", "rows after", "rows/before", "read ms", "p99/before",
+                       "read visits rows"],
                       [["stored by Synapse", sweep["hops_before"], sweep["rows_before"], "1.00x",
-                        lat(sweep["read_before"]), "1.00x"]]
+                        lat(sweep["read_before"]), "1.00x", visits(sweep["read_cost_before"], "rows")]]
                       + ([["the tool, " + LEVELS, "-", tool["rows_after"],
                            ratio(tool["rows_after"], sweep["rows_before"], 2), lat(tool["read"]),
-                           ratio(tool["read"][1], sweep["read_before"][1], 2)]]
+                           ratio(tool["read"][1], sweep["read_before"][1], 2),
+                           visits(tool.get("read_cost"), "rows")]]
                          if tool and "error" not in tool else [])
                       + [[s["levels"], s.get("hops", "-"), get(s, "rows_after") or "-",
                           ratio(get(s, "rows_after"), sweep["rows_before"], 2), lat(get(s, "read")),
-                          ratio(get(s, "read") and s["read"][1], sweep["read_before"][1], 2)]
+                          ratio(get(s, "read") and s["read"][1], sweep["read_before"][1], 2),
+                          visits(get(s, "read_cost"), "rows")]
                          for s in sweep["settings"]])]
     notes = [f"- {r['name']}: {PATHS[w]}: {n}" for r in results for w in PATHS
              for n in get(r.get(w), "notes") or []]
