@@ -290,8 +290,9 @@ fn read_costs(s: &MemStore) -> Vec<(u64, u32)> {
 
 /// The cost of Synapse's full-state read (issue 11, item 6) before and after
 /// compress_room, over every group: the rows its chain holds (the read fetches and
-/// sorts them all) and its hops (one index lookup each). The read's time follows the
-/// rows (BENCHMARKS.md, "Reading state"). `SC_PRESET` etc. as for `lower_bound_figures`.
+/// sorts them all) and its hops (it looks up one edge per group of the chain). The same
+/// as `READ_COST` in bench/bench.py measures over a sample in the database.
+/// `SC_PRESET` etc. as for `lower_bound_figures`.
 #[test]
 #[ignore]
 fn read_cost_figures() {
